@@ -1,0 +1,103 @@
+//! Extractors: the caller's identity ([`Caller`]) and JSON bodies ([`ApiJson`]) whose rejections
+//! use the API's error shape.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::{AuthError, Authenticator, Principal, Role};
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// 403 unless the caller has `role`.
+    pub fn require(&self, role: Role) -> Result<&Principal, ApiError> {
+        if self.0.has_role(role) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{} lacks the {} role",
+                self.0.name,
+                serde_json::to_value(role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            )))
+        }
+    }
+}
+
+/// Reads the request's credentials and authenticates them.
+pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
+    let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    let credentials = Authenticator::credentials(header(AUTHORIZATION.as_str()), header("x-auth-token"));
+    state.auth.authenticate(credentials).map_err(|error| match error {
+        AuthError::Missing => ApiError::unauthorized("credentials are required (Authorization or X-Auth-Token)"),
+        AuthError::Invalid => ApiError::unauthorized("the credentials are not valid"),
+    })
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        authenticate(state, parts).map(Caller)
+    }
+}
+
+/// A JSON body, refused with 415 (not JSON), 413 (too large) or 400 (naming the bad field).
+pub struct ApiJson<T>(pub T);
+
+/// Whether the request says its body is JSON.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .map(|essence| {
+            let essence = essence.trim().to_ascii_lowercase();
+            essence == "application/json" || essence.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub async fn read_body(body: axum::body::Body, limit: u64) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit as usize).await.map_err(|error| {
+        let mut source: Option<&dyn std::error::Error> = Some(&error);
+        while let Some(cause) = source {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                return ApiError::too_large(limit);
+            }
+            source = cause.source();
+        }
+        ApiError::bad_request("invalid_body", format!("the body could not be read: {error}"))
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let content_type = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if !is_json(content_type) {
+            return Err(ApiError::unsupported_media_type("the body must be application/json"));
+        }
+        let bytes = read_body(request.into_body(), state.config.server.max_body).await?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let detail = if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            };
+            ApiError::bad_request("invalid_json", detail)
+        })?;
+        deserializer
+            .end()
+            .map_err(|error| ApiError::bad_request("invalid_json", error.to_string()))?;
+        Ok(ApiJson(value))
+    }
+}

@@ -1,0 +1,67 @@
+//! The HTTP API (axum): routes, shared state and the error shape. Handlers are thin: extract the
+//! caller and a validated body, call the hub, map errors to `{"error", "detail"}`.
+
+pub mod error;
+pub mod extract;
+pub mod norns;
+pub mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::http::StatusCode;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub config: Arc<Config>,
+    pub metrics: PrometheusHandle,
+    pub ready: Arc<AtomicBool>,
+    pub openapi: Arc<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(info(title = "brunnr", description = "Event fan-out hub: events in by key, out to every current subscription for that key."))]
+struct ApiDoc;
+
+/// Every route, and the OpenAPI description built from the same list (so the two cannot drift).
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(norns::create, norns::list))
+        .routes(routes!(norns::get, norns::replace, norns::delete))
+        .routes(routes!(crate::source::wrp::post_events))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .split_for_parts()
+}
+
+/// The OpenAPI description as JSON.
+pub fn openapi_json() -> String {
+    routes().1.to_pretty_json().expect("the OpenAPI description always encodes")
+}
+
+/// The app, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = routes();
+    router
+        .route("/openapi.json", axum::routing::get(ops::openapi))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,99 @@
+//! The one envelope every source produces and every sink consumes.
+
+use bytes::Bytes;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::wrp::WrpMessage;
+
+/// An event, routed by `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Time-ordered (UUIDv7); also the SSE `id:` and the Standard Webhooks `webhook-id`.
+    pub id: Uuid,
+    /// The routing key: a canonical device id, endpoint id, access id, inbox id or tenant id.
+    pub key: String,
+    /// The event type (`device-status/online`, `endpoint.metadata.updated`, …).
+    pub kind: String,
+    /// The adapter that made it: `wrp`, `notifier`, `kaa`, `monit`.
+    pub source: &'static str,
+    /// Milliseconds since the epoch when brunnr took it in.
+    pub time_ms: i64,
+    pub content_type: String,
+    pub payload: Bytes,
+    /// The whole WRP message, for events that came as WRP (re-encoded exactly for WRP sinks).
+    pub wrp: Option<WrpMessage>,
+}
+
+/// The JSON envelope of an event (live streams, NATS `json` format, filters).
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    pub id: String,
+    pub key: &'a str,
+    pub kind: &'a str,
+    pub source: &'a str,
+    pub time_ms: i64,
+    pub content_type: &'a str,
+    /// JSON when the content type is JSON (and the payload parses), else base64.
+    pub payload: serde_json::Value,
+}
+
+impl Event {
+    pub fn new_id() -> Uuid {
+        Uuid::now_v7()
+    }
+
+    pub fn is_json(&self) -> bool {
+        let essence = self.content_type.split(';').next().unwrap_or_default().trim();
+        essence == "application/json" || essence.ends_with("+json")
+    }
+
+    /// The payload as JSON if it is JSON, else as base64 text.
+    pub fn payload_value(&self) -> serde_json::Value {
+        if self.is_json()
+            && let Ok(value) = serde_json::from_slice(&self.payload)
+        {
+            return value;
+        }
+        use base64::Engine;
+        serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&self.payload))
+    }
+
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            id: self.id.to_string(),
+            key: &self.key,
+            kind: &self.kind,
+            source: self.source,
+            time_ms: self.time_ms,
+            content_type: &self.content_type,
+            payload: self.payload_value(),
+        }
+    }
+
+    /// The event as WRP: its own message, or a SimpleEvent wrapping the envelope (non-WRP sources).
+    pub fn to_wrp(&self) -> WrpMessage {
+        if let Some(message) = &self.wrp {
+            return message.clone();
+        }
+        WrpMessage {
+            msg_type: crate::wrp::SIMPLE_EVENT,
+            source: self.source.to_string(),
+            dest: format!("event:{}/{}", self.kind, self.key),
+            transaction_uuid: Some(self.id.to_string()),
+            content_type: Some("application/json".into()),
+            payload: Some(Bytes::from(
+                serde_json::to_vec(&self.envelope()).expect("an envelope always encodes"),
+            )),
+            ..Default::default()
+        }
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}

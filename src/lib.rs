@@ -1,0 +1,97 @@
+//! brunnr: an event fan-out hub. Events come in from sources, are routed by key, and go out to
+//! every current subscription for that key.
+//!
+//! # Layout
+//! ```text
+//!  source/ ──► Event ──► hub/ ──► subscriptions ──► sink/
+//!  wrp (POST /events)     router (key → norns)        webhook
+//!                         norns (registry) ◄──► store/ (embedded redb)
+//!  api/: the HTTP API over all of it; config, auth, metrics beside.
+//! ```
+//! [`run`] is the one place where the parts are wired together.
+
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod config;
+pub mod duration;
+pub mod event;
+pub mod hub;
+pub mod metrics;
+pub mod norn;
+pub mod sink;
+pub mod source;
+pub mod store;
+pub mod wrp;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::store::StoreError;
+use crate::store::embedded::EmbeddedStore;
+
+/// Why brunnr could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("serving HTTP failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs brunnr on `listener` until `shutdown` completes, then stops accepting, routes and delivers
+/// what is in flight (up to `server.drain_timeout`) and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let store = Arc::new(EmbeddedStore::open(&config.store.path)?);
+    let (hub, ingest) = Hub::new(config.clone(), store);
+    let loaded = hub.load_norns().await?;
+    tracing::info!(norns = loaded, path = %config.store.path.display(), "Store opened.");
+
+    let stop = CancellationToken::new();
+    let router_task = tokio::spawn(hub.clone().run_router(ingest, stop.clone()));
+    let expiry_task = tokio::spawn(hub.clone().run_expiry(stop.clone()));
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = AppState {
+        hub: hub.clone(),
+        auth: Arc::new(Authenticator::new(config.auth.clone())),
+        config: config.clone(),
+        metrics: crate::metrics::prometheus(),
+        ready: ready.clone(),
+        openapi: Arc::new(api::openapi_json()),
+    };
+    let address = listener.local_addr()?;
+    tracing::info!(%address, auth = state.auth.is_enabled(), "brunnr is listening.");
+    let http_stop = stop.clone();
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            http_stop.cancel();
+            tracing::info!("Shutting down: no new connections.");
+        })
+        .await?;
+
+    stop.cancel();
+    let _ = router_task.await;
+    let _ = expiry_task.await;
+    if hub.drain(config.server.drain_timeout).await {
+        tracing::info!("Queues drained.");
+    } else {
+        tracing::warn!(timeout = ?config.server.drain_timeout, "Drain timed out; undelivered events were dropped.");
+    }
+    Ok(())
+}

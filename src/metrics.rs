@@ -1,0 +1,62 @@
+//! Every metric brunnr records, by name, and the Prometheus recorder `/metrics` renders.
+//!
+//! Labels carry only bounded values (source, sink, outcome, reason): never a device id or a URL.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Events taken in, by `source`.
+pub const EVENTS_RECEIVED: &str = "brunnr_events_received_total";
+/// Events refused, by `source` and `reason`.
+pub const EVENTS_REJECTED: &str = "brunnr_events_rejected_total";
+/// Delivery attempts that ended, by `sink` and `outcome` (`success`, `failure`, `retry`).
+pub const DELIVERIES: &str = "brunnr_deliveries_total";
+/// Events not delivered, by `sink` and `reason` (`queue_full`, `cut_off`, `expired`, `shutdown`).
+pub const DROPPED: &str = "brunnr_dropped_total";
+/// Time from the event's arrival to its delivery, by `sink`.
+pub const DELIVERY_DURATION: &str = "brunnr_delivery_duration_seconds";
+/// Norns registered.
+pub const NORNS: &str = "brunnr_norns";
+/// Live sessions open, by `transport`.
+pub const LIVE_SESSIONS: &str = "brunnr_live_sessions";
+/// Events that matched no subscription's filter, or no subscription.
+pub const EVENTS_UNROUTED: &str = "brunnr_events_unrouted_total";
+/// Failure notices sent to norns' failure URLs, by `outcome`.
+pub const FAILURE_NOTICES: &str = "brunnr_failure_notices_total";
+/// API requests answered with an error, by `error` code.
+pub const API_ERRORS: &str = "brunnr_api_errors_total";
+
+/// The process-wide recorder; installed once, shared by every server in the process (tests run
+/// several).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(DELIVERY_DURATION.into()),
+                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                )
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(EVENTS_RECEIVED, "Events taken in, by source.");
+    describe_counter!(EVENTS_REJECTED, "Events refused, by source and reason.");
+    describe_counter!(DELIVERIES, "Delivery attempts that ended, by sink and outcome.");
+    describe_counter!(DROPPED, "Events not delivered, by sink and reason.");
+    describe_histogram!(DELIVERY_DURATION, Unit::Seconds, "From arrival to delivery.");
+    describe_gauge!(NORNS, "Norns registered.");
+    describe_gauge!(LIVE_SESSIONS, "Live sessions open, by transport.");
+    describe_counter!(EVENTS_UNROUTED, "Events no subscription took.");
+    describe_counter!(FAILURE_NOTICES, "Failure notices sent, by outcome.");
+    describe_counter!(API_ERRORS, "API requests answered with an error, by error code.");
+}
