@@ -208,18 +208,21 @@ impl WebhookSink {
         };
         put("x-webpa-event", event.kind.split('/').next().unwrap_or_default());
         put("x-webpa-device-id", &event.key);
-        put("x-webpa-transaction-id", message.transaction_uuid.as_deref().unwrap_or_default());
+        // Caduceus always has a transaction id; events without one get the event id.
+        let event_id = event.id.to_string();
+        let transaction = message.transaction_uuid.as_deref().unwrap_or(&event_id);
+        put("x-webpa-transaction-id", transaction);
         put("x-xmidt-message-type", "SimpleEvent");
         put("x-xmidt-source", &message.source);
         put("x-xmidt-dest", &message.dest);
-        put("x-xmidt-transaction-uuid", message.transaction_uuid.as_deref().unwrap_or_default());
+        put("x-xmidt-transaction-uuid", transaction);
         if let Some(content_type) = &message.content_type {
             put("x-xmidt-content-type", content_type);
         }
         if !message.partner_ids.is_empty() {
             put("x-xmidt-partner-id", &message.partner_ids.join(","));
         }
-        put("x-brunnr-event-id", &event.id.to_string());
+        put("x-brunnr-event-id", &event_id);
         let (content_type, body) = match self.destination.format {
             HttpFormat::Wrp => ("application/msgpack".to_owned(), message.to_msgpack()),
             HttpFormat::Json => ("application/json".to_owned(), message.to_json()),
