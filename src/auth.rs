@@ -116,7 +116,10 @@ impl AuthConfig {
         }
         for (i, basic) in self.basic.iter().enumerate() {
             if basic.password.is_empty() {
-                return Err(invalid(format!("auth.basic[{i}].password"), "must not be empty"));
+                return Err(invalid(
+                    format!("auth.basic[{i}].password"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(jwt) = &self.jwt
@@ -226,7 +229,10 @@ impl Authenticator {
     }
 
     /// The principal for these credentials. With auth off, everyone is `anonymous`.
-    pub fn authenticate(&self, credentials: Option<Credentials<'_>>) -> Result<Principal, AuthError> {
+    pub fn authenticate(
+        &self,
+        credentials: Option<Credentials<'_>>,
+    ) -> Result<Principal, AuthError> {
         if !self.is_enabled() {
             return Ok(Principal::anonymous());
         }
@@ -368,7 +374,10 @@ mod tests {
     fn tokens_basic_and_jwt() {
         let auth = authenticator();
         let alice = auth
-            .authenticate(Authenticator::credentials(Some("Bearer alice-token-1"), None))
+            .authenticate(Authenticator::credentials(
+                Some("Bearer alice-token-1"),
+                None,
+            ))
             .unwrap();
         assert_eq!(alice.name, "alice");
         assert!(alice.may_read("mac:1") && !alice.may_read("uuid:1"));
@@ -398,9 +407,7 @@ mod tests {
             &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123"),
         )
         .unwrap();
-        let bob = auth
-            .authenticate(Some(Credentials::Bearer(&jwt)))
-            .unwrap();
+        let bob = auth.authenticate(Some(Credentials::Bearer(&jwt))).unwrap();
         assert_eq!(bob.name, "bob");
         assert!(bob.may_read("uuid:1") && !bob.may_read("mac:1"));
         let forged = jsonwebtoken::encode(
@@ -409,6 +416,9 @@ mod tests {
             &jsonwebtoken::EncodingKey::from_secret(b"another-secret-entirely"),
         )
         .unwrap();
-        assert!(auth.authenticate(Some(Credentials::Bearer(&forged))).is_err());
+        assert!(
+            auth.authenticate(Some(Credentials::Bearer(&forged)))
+                .is_err()
+        );
     }
 }

@@ -316,12 +316,11 @@ impl Config {
             apply_override(&mut tree, path, &value)
                 .map_err(|message| ConfigError::Env { name, message })?;
         }
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|error| {
-            ConfigError::Invalid {
+        let config: Config =
+            serde_path_to_error::deserialize(tree).map_err(|error| ConfigError::Invalid {
                 key: error.path().to_string(),
                 message: error.inner().to_string(),
-            }
-        })?;
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -448,11 +447,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let error = load("delivery: {timeout: 10x}\n", &[]).unwrap_err().to_string();
+        let error = load("delivery: {timeout: 10x}\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("delivery.timeout"), "{error}");
-        let error = load("delivery: {queue_sise: 3}\n", &[]).unwrap_err().to_string();
+        let error = load("delivery: {queue_sise: 3}\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("queue_sise"), "{error}");
-        let error = load("server: {listen: nowhere}\n", &[]).unwrap_err().to_string();
+        let error = load("server: {listen: nowhere}\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("server.listen"), "{error}");
     }
 

@@ -58,7 +58,7 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".into();
     }
     let millis = duration.as_millis();
-    if millis < 1000 && duration.subsec_nanos() % 1_000_000 == 0 {
+    if millis < 1000 && duration.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{millis}ms");
     }
     let secs = duration.as_secs();

@@ -44,7 +44,12 @@ impl Event {
     }
 
     pub fn is_json(&self) -> bool {
-        let essence = self.content_type.split(';').next().unwrap_or_default().trim();
+        let essence = self
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
         essence == "application/json" || essence.ends_with("+json")
     }
 

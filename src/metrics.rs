@@ -36,7 +36,10 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(DELIVERY_DURATION.into()),
-                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0,
+                    ],
                 )
                 .expect("static buckets are valid")
                 .install_recorder()
@@ -51,12 +54,22 @@ fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(EVENTS_RECEIVED, "Events taken in, by source.");
     describe_counter!(EVENTS_REJECTED, "Events refused, by source and reason.");
-    describe_counter!(DELIVERIES, "Delivery attempts that ended, by sink and outcome.");
+    describe_counter!(
+        DELIVERIES,
+        "Delivery attempts that ended, by sink and outcome."
+    );
     describe_counter!(DROPPED, "Events not delivered, by sink and reason.");
-    describe_histogram!(DELIVERY_DURATION, Unit::Seconds, "From arrival to delivery.");
+    describe_histogram!(
+        DELIVERY_DURATION,
+        Unit::Seconds,
+        "From arrival to delivery."
+    );
     describe_gauge!(NORNS, "Norns registered.");
     describe_gauge!(LIVE_SESSIONS, "Live sessions open, by transport.");
     describe_counter!(EVENTS_UNROUTED, "Events no subscription took.");
     describe_counter!(FAILURE_NOTICES, "Failure notices sent, by outcome.");
-    describe_counter!(API_ERRORS, "API requests answered with an error, by error code.");
+    describe_counter!(
+        API_ERRORS,
+        "API requests answered with an error, by error code."
+    );
 }

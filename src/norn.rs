@@ -61,7 +61,11 @@ pub struct HttpDestination {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    #[serde(rename = "failureURL", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "failureURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub failure_url: Option<String>,
     #[serde(default)]
     pub format: HttpFormat,
@@ -227,7 +231,9 @@ impl NornRequest {
             .ok_or_else(|| NornError::Invalid("deviceID is required".into()))?;
         let key = canonical_device_id(&device_id).unwrap_or_else(|| device_id.trim().to_owned());
         if key.len() > 512 {
-            return Err(NornError::Invalid("deviceID is longer than 512 bytes".into()));
+            return Err(NornError::Invalid(
+                "deviceID is longer than 512 bytes".into(),
+            ));
         }
 
         let destination = self
@@ -250,21 +256,37 @@ impl NornRequest {
             }
             (Some(duration), _, None) => {
                 let parsed = match &duration {
-                    serde_json::Value::String(text) => parse_duration(text).map_err(NornError::Duration)?,
-                    serde_json::Value::Number(n) => Duration::from_secs(n.as_u64().ok_or_else(|| {
-                        NornError::Duration("duration must be a positive number of seconds".into())
-                    })?),
-                    _ => return Err(NornError::Duration("duration must be text like 10m or seconds".into())),
+                    serde_json::Value::String(text) => {
+                        parse_duration(text).map_err(NornError::Duration)?
+                    }
+                    serde_json::Value::Number(n) => {
+                        Duration::from_secs(n.as_u64().ok_or_else(|| {
+                            NornError::Duration(
+                                "duration must be a positive number of seconds".into(),
+                            )
+                        })?)
+                    }
+                    _ => {
+                        return Err(NornError::Duration(
+                            "duration must be text like 10m or seconds".into(),
+                        ));
+                    }
                 };
                 positive_within(parsed, max).ok_or_else(too_long)?;
-                (Some(format_duration(parsed)), now_ms + parsed.as_millis() as i64)
+                (
+                    Some(format_duration(parsed)),
+                    now_ms + parsed.as_millis() as i64,
+                )
             }
             (None, Some(ttl), None) => {
                 let parsed = Duration::from_secs(u64::try_from(ttl).map_err(|_| {
                     NornError::Duration("TTL must be a positive number of seconds".into())
                 })?);
                 positive_within(parsed, max).ok_or_else(too_long)?;
-                (Some(format_duration(parsed)), now_ms + parsed.as_millis() as i64)
+                (
+                    Some(format_duration(parsed)),
+                    now_ms + parsed.as_millis() as i64,
+                )
             }
             (None, None, Some(text)) => {
                 let at = OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
@@ -272,7 +294,9 @@ impl NornRequest {
                 })?;
                 let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
                 if at_ms <= now_ms {
-                    return Err(NornError::Duration(format!("expiresAt {text} is in the past")));
+                    return Err(NornError::Duration(format!(
+                        "expiresAt {text} is in the past"
+                    )));
                 }
                 // A second of slack for clocks and the trip here.
                 if at_ms - now_ms > max.as_millis() as i64 + 1000 {
@@ -342,7 +366,8 @@ impl DestinationRequest {
             }
             if http.secret.as_deref() == Some(MASK) {
                 return Err(NornError::Destination(
-                    "destination.http.secret is the mask \"****\": send the real secret (or none)".into(),
+                    "destination.http.secret is the mask \"****\": send the real secret (or none)"
+                        .into(),
                 ));
             }
             if let Some(secret) = &http.secret
@@ -351,7 +376,11 @@ impl DestinationRequest {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD
                     .decode(encoded)
-                    .map_err(|_| NornError::Destination("a whsec_ secret must be base64 after the prefix".into()))?;
+                    .map_err(|_| {
+                        NornError::Destination(
+                            "a whsec_ secret must be base64 after the prefix".into(),
+                        )
+                    })?;
             }
             return Ok(Destination::Http(http));
         }
@@ -363,8 +392,9 @@ impl DestinationRequest {
 
 /// An http(s) URL with a host, whose host is not a literal IP the policy refuses.
 pub fn check_url(field: &str, text: &str, policy: &AddressPolicy) -> Result<(), NornError> {
-    let url = url::Url::parse(text)
-        .map_err(|error| NornError::Destination(format!("{field} {text:?} is not a URL: {error}")))?;
+    let url = url::Url::parse(text).map_err(|error| {
+        NornError::Destination(format!("{field} {text:?} is not a URL: {error}"))
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(NornError::Destination(format!(
             "{field} must be an http or https URL, not {}",
@@ -426,27 +456,43 @@ mod tests {
         .unwrap();
         let Destination::Http(http) = legacy.destination;
         assert_eq!(http.secret.as_deref(), Some("s"));
-        assert_eq!(http.failure_url.as_deref(), Some("https://example.com/fail"));
+        assert_eq!(
+            http.failure_url.as_deref(),
+            Some("https://example.com/fail")
+        );
         assert_eq!(legacy.expires_at_ms, 60_000);
     }
 
     #[test]
     fn refuses_bad_norns() {
         let policy = AddressPolicy::default();
-        let check = |json: serde_json::Value| request(json).validate(&rules(&policy), 0).unwrap_err().to_string();
+        let check = |json: serde_json::Value| {
+            request(json)
+                .validate(&rules(&policy), 0)
+                .unwrap_err()
+                .to_string()
+        };
         let url = |u: &str| serde_json::json!({"deviceID": "mac:112233445566", "destination": {"http": {"url": u}}, "duration": "1m"});
         assert!(check(url("ftp://example.com/")).contains("http or https"));
         assert!(check(url("http://127.0.0.1:8080/")).contains("127.0.0.1"));
         assert!(check(url("http://[::1]/")).contains("::1"));
         assert!(check(url("http://169.254.169.254/latest")).contains("169.254.169.254"));
         assert!(check(url("not a url")).contains("not a URL"));
-        let too_long = check(serde_json::json!({"deviceID": "mac:112233445566", "destination": {"http": {"url": "https://e.com/"}}, "duration": "2h"}));
+        let too_long = check(
+            serde_json::json!({"deviceID": "mac:112233445566", "destination": {"http": {"url": "https://e.com/"}}, "duration": "2h"}),
+        );
         assert!(too_long.contains("1h"), "{too_long}");
-        let past = check(serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "expiresAt": "1970-01-01T00:00:00Z"}));
+        let past = check(
+            serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "expiresAt": "1970-01-01T00:00:00Z"}),
+        );
         assert!(past.contains("past"), "{past}");
-        let bad_time = check(serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "expiresAt": "tomorrow"}));
+        let bad_time = check(
+            serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "expiresAt": "tomorrow"}),
+        );
         assert!(bad_time.contains("RFC 3339"), "{bad_time}");
-        let filter = check(serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "duration": 60, "filter": "event.kind =="}));
+        let filter = check(
+            serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "duration": 60, "filter": "event.kind =="}),
+        );
         assert!(filter.contains("CEL"), "{filter}");
     }
 

@@ -94,7 +94,10 @@ mod payload_encoding {
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(payload: &Option<Bytes>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        payload: &Option<Bytes>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         let payload = payload.as_ref().expect("skipped when None");
         if serializer.is_human_readable() {
             serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(payload))
@@ -103,14 +106,18 @@ mod payload_encoding {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Bytes>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Bytes>, D::Error> {
         if deserializer.is_human_readable() {
             let text = Option::<String>::deserialize(deserializer)?;
             text.map(|text| {
                 base64::engine::general_purpose::STANDARD
                     .decode(text)
                     .map(Bytes::from)
-                    .map_err(|error| serde::de::Error::custom(format!("payload is not base64: {error}")))
+                    .map_err(|error| {
+                        serde::de::Error::custom(format!("payload is not base64: {error}"))
+                    })
             })
             .transpose()
         } else {
@@ -184,9 +191,18 @@ mod tests {
             canonical_device_id("MAC:11:22:33:44:55:66/parodus").as_deref(),
             Some("mac:112233445566")
         );
-        assert_eq!(canonical_device_id("mac:112233445566").as_deref(), Some("mac:112233445566"));
-        assert_eq!(canonical_device_id("mac:11-22-33-44-55-6A").as_deref(), Some("mac:11223344556a"));
-        assert_eq!(canonical_device_id("UUID:abc-def/x").as_deref(), Some("uuid:abc-def"));
+        assert_eq!(
+            canonical_device_id("mac:112233445566").as_deref(),
+            Some("mac:112233445566")
+        );
+        assert_eq!(
+            canonical_device_id("mac:11-22-33-44-55-6A").as_deref(),
+            Some("mac:11223344556a")
+        );
+        assert_eq!(
+            canonical_device_id("UUID:abc-def/x").as_deref(),
+            Some("uuid:abc-def")
+        );
         assert_eq!(canonical_device_id("mac:1122"), None);
         assert_eq!(canonical_device_id("mac:zz2233445566"), None);
         assert_eq!(canonical_device_id("device-1"), None);
@@ -207,7 +223,10 @@ mod tests {
             source: "self:/talaria".into(),
             ..message
         };
-        assert_eq!(event_device_id(&message).as_deref(), Some("mac:112233445566"));
+        assert_eq!(
+            event_device_id(&message).as_deref(),
+            Some("mac:112233445566")
+        );
         assert_eq!(event_kind(&message), "device-status/online");
     }
 

@@ -51,7 +51,11 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            detail,
+        )
     }
 }
 
@@ -78,11 +82,15 @@ impl From<RegistryError> for ApiError {
                 };
                 ApiError::bad_request(code, error.to_string())
             }
-            RegistryError::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string()),
-            RegistryError::NotFound => ApiError::not_found(),
-            RegistryError::Store(error) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", error.to_string())
+            RegistryError::Conflict => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
+            RegistryError::NotFound => ApiError::not_found(),
+            RegistryError::Store(error) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                error.to_string(),
+            ),
         }
     }
 }

@@ -23,7 +23,10 @@ impl Caller {
             Err(ApiError::forbidden(format!(
                 "{} lacks the {} role",
                 self.0.name,
-                serde_json::to_value(role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                serde_json::to_value(role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             )))
         }
     }
@@ -31,18 +34,32 @@ impl Caller {
 
 /// Reads the request's credentials and authenticates them.
 pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
-    let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
-    let credentials = Authenticator::credentials(header(AUTHORIZATION.as_str()), header("x-auth-token"));
-    state.auth.authenticate(credentials).map_err(|error| match error {
-        AuthError::Missing => ApiError::unauthorized("credentials are required (Authorization or X-Auth-Token)"),
-        AuthError::Invalid => ApiError::unauthorized("the credentials are not valid"),
-    })
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
+    let credentials =
+        Authenticator::credentials(header(AUTHORIZATION.as_str()), header("x-auth-token"));
+    state
+        .auth
+        .authenticate(credentials)
+        .map_err(|error| match error {
+            AuthError::Missing => {
+                ApiError::unauthorized("credentials are required (Authorization or X-Auth-Token)")
+            }
+            AuthError::Invalid => ApiError::unauthorized("the credentials are not valid"),
+        })
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         authenticate(state, parts).map(Caller)
     }
 }
@@ -63,25 +80,35 @@ pub fn is_json(content_type: Option<&str>) -> bool {
 
 /// Reads a whole body of at most `limit` bytes.
 pub async fn read_body(body: axum::body::Body, limit: u64) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit as usize).await.map_err(|error| {
-        let mut source: Option<&dyn std::error::Error> = Some(&error);
-        while let Some(cause) = source {
-            if cause.is::<http_body_util::LengthLimitError>() {
-                return ApiError::too_large(limit);
+    axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|error| {
+            let mut source: Option<&dyn std::error::Error> = Some(&error);
+            while let Some(cause) = source {
+                if cause.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::too_large(limit);
+                }
+                source = cause.source();
             }
-            source = cause.source();
-        }
-        ApiError::bad_request("invalid_body", format!("the body could not be read: {error}"))
-    })
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the body could not be read: {error}"),
+            )
+        })
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let content_type = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
         if !is_json(content_type) {
-            return Err(ApiError::unsupported_media_type("the body must be application/json"));
+            return Err(ApiError::unsupported_media_type(
+                "the body must be application/json",
+            ));
         }
         let bytes = read_body(request.into_body(), state.config.server.max_body).await?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);

@@ -33,7 +33,10 @@ pub struct AppState {
 }
 
 #[derive(OpenApi)]
-#[openapi(info(title = "brunnr", description = "Event fan-out hub: events in by key, out to every current subscription for that key."))]
+#[openapi(info(
+    title = "brunnr",
+    description = "Event fan-out hub: events in by key, out to every current subscription for that key."
+))]
 struct ApiDoc;
 
 /// Every route, and the OpenAPI description built from the same list (so the two cannot drift).
@@ -50,7 +53,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI description as JSON.
 pub fn openapi_json() -> String {
-    routes().1.to_pretty_json().expect("the OpenAPI description always encodes")
+    routes()
+        .1
+        .to_pretty_json()
+        .expect("the OpenAPI description always encodes")
 }
 
 /// The app, ready to serve.
@@ -60,7 +66,11 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", axum::routing::get(ops::openapi))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -28,24 +28,45 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<NornView>), ApiError> {
     let principal = caller.require(Role::Subscribe)?;
     let (norn, created) = state.hub.create_norn(principal, request).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(norn.view())))
 }
 
 /// The caller's norns (every norn, for an admin).
 #[utoipa::path(get, path = "/norns", tag = "norns",
     responses((status = 200, body = Vec<NornView>), (status = 401), (status = 403)))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<NornView>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<NornView>>, ApiError> {
     let principal = caller.require(Role::Subscribe)?;
-    Ok(Json(state.hub.list_norns(principal).iter().map(|norn| norn.view()).collect()))
+    Ok(Json(
+        state
+            .hub
+            .list_norns(principal)
+            .iter()
+            .map(|norn| norn.view())
+            .collect(),
+    ))
 }
 
 /// One of the caller's norns.
 #[utoipa::path(get, path = "/norns/{id}", tag = "norns", params(("id" = String, Path)),
     responses((status = 200, body = NornView), (status = 404, description = "No such norn, or not the caller's")))]
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<NornView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<NornView>, ApiError> {
     let principal = caller.require(Role::Subscribe)?;
-    let norn = state.hub.get_norn(principal, parse_id(&id)?).ok_or_else(ApiError::not_found)?;
+    let norn = state
+        .hub
+        .get_norn(principal, parse_id(&id)?)
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(norn.view()))
 }
 
@@ -59,14 +80,21 @@ pub async fn replace(
     ApiJson(request): ApiJson<NornRequest>,
 ) -> Result<Json<NornView>, ApiError> {
     let principal = caller.require(Role::Subscribe)?;
-    let norn = state.hub.replace_norn(principal, parse_id(&id)?, request).await?;
+    let norn = state
+        .hub
+        .replace_norn(principal, parse_id(&id)?, request)
+        .await?;
     Ok(Json(norn.view()))
 }
 
 /// Deletes one of the caller's norns.
 #[utoipa::path(delete, path = "/norns/{id}", tag = "norns", params(("id" = String, Path)),
     responses((status = 204), (status = 404)))]
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let principal = caller.require(Role::Subscribe)?;
     state.hub.delete_norn(principal, parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -19,11 +19,16 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ready", "store": "ok"})))
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "store": "ok"})),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "not_ready", "detail": "brunnr is starting or stopping"})),
+            Json(
+                serde_json::json!({"error": "not_ready", "detail": "brunnr is starting or stopping"}),
+            ),
         )
     }
 }
@@ -39,5 +44,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// This API's OpenAPI 3 description, generated from the handlers.
 pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], state.openapi.as_str().to_owned())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.as_str().to_owned(),
+    )
 }

@@ -45,7 +45,9 @@ impl Filter {
             .into_iter()
             .find(|name| *name != "event")
         {
-            return Err(format!("unknown variable `{unknown}`; the event is `event`"));
+            return Err(format!(
+                "unknown variable `{unknown}`; the event is `event`"
+            ));
         }
         Ok(Filter { program })
     }

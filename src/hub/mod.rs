@@ -55,7 +55,9 @@ impl DeliveryContext {
     /// The sink for one destination.
     pub fn sink_for(&self, destination: &Destination) -> Arc<dyn Sink> {
         match destination {
-            Destination::Http(http) => Arc::new(WebhookSink::new(self.webhook.clone(), http.clone())),
+            Destination::Http(http) => {
+                Arc::new(WebhookSink::new(self.webhook.clone(), http.clone()))
+            }
         }
     }
 }
@@ -100,18 +102,20 @@ impl Hub {
 
     /// Hands `event` to each subscription of its key. Never waits.
     pub fn route(&self, event: &Arc<Event>) {
-        let taken = self
-            .router
-            .for_each(&event.key, |subscription| {
-                subscription.offer(event, &self.delivery);
-            });
+        let taken = self.router.for_each(&event.key, |subscription| {
+            subscription.offer(event, &self.delivery);
+        });
         if taken == 0 {
             metrics::counter!(m::EVENTS_UNROUTED).increment(1);
         }
     }
 
     /// The router task: routes ingested events until `shutdown`, then routes what is still queued.
-    pub async fn run_router(self: Arc<Self>, mut ingest: IngestReceiver, shutdown: CancellationToken) {
+    pub async fn run_router(
+        self: Arc<Self>,
+        mut ingest: IngestReceiver,
+        shutdown: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 biased;

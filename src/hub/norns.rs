@@ -60,7 +60,8 @@ impl Hub {
                 }
                 None => None,
             };
-            self.router.insert(Arc::new(Subscription::new(norn, filter)));
+            self.router
+                .insert(Arc::new(Subscription::new(norn, filter)));
             live += 1;
         }
         if !expired.is_empty() {
@@ -88,7 +89,11 @@ impl Hub {
 
     /// Creates a norn, or updates the caller's norn with the same key and destination. Returns the
     /// norn and whether it is new.
-    pub async fn create_norn(&self, principal: &Principal, request: NornRequest) -> Result<(Norn, bool), RegistryError> {
+    pub async fn create_norn(
+        &self,
+        principal: &Principal,
+        request: NornRequest,
+    ) -> Result<(Norn, bool), RegistryError> {
         let now = now_ms();
         let valid = self.validate(request, now)?;
         let _write = self.writes.lock().await;
@@ -97,18 +102,33 @@ impl Hub {
                 Err(RegistryError::Conflict)
             }
             Some(existing) => {
-                let norn = self.save(valid, existing.norn.id, existing.norn.owner.clone(), existing.norn.created_at_ms, now).await?;
+                let norn = self
+                    .save(
+                        valid,
+                        existing.norn.id,
+                        existing.norn.owner.clone(),
+                        existing.norn.created_at_ms,
+                        now,
+                    )
+                    .await?;
                 Ok((norn, false))
             }
             None => {
-                let norn = self.save(valid, Uuid::now_v7(), principal.name.clone(), now, now).await?;
+                let norn = self
+                    .save(valid, Uuid::now_v7(), principal.name.clone(), now, now)
+                    .await?;
                 Ok((norn, true))
             }
         }
     }
 
     /// Replaces a norn the caller can see.
-    pub async fn replace_norn(&self, principal: &Principal, id: Uuid, request: NornRequest) -> Result<Norn, RegistryError> {
+    pub async fn replace_norn(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request: NornRequest,
+    ) -> Result<Norn, RegistryError> {
         let now = now_ms();
         let _write = self.writes.lock().await;
         let existing = self.visible(principal, id).ok_or(RegistryError::NotFound)?;
@@ -118,10 +138,24 @@ impl Hub {
         {
             return Err(RegistryError::Conflict);
         }
-        self.save(valid, id, existing.norn.owner.clone(), existing.norn.created_at_ms, now).await
+        self.save(
+            valid,
+            id,
+            existing.norn.owner.clone(),
+            existing.norn.created_at_ms,
+            now,
+        )
+        .await
     }
 
-    async fn save(&self, valid: ValidNorn, id: Uuid, owner: String, created_at_ms: i64, now: i64) -> Result<Norn, RegistryError> {
+    async fn save(
+        &self,
+        valid: ValidNorn,
+        id: Uuid,
+        owner: String,
+        created_at_ms: i64,
+        now: i64,
+    ) -> Result<Norn, RegistryError> {
         let (filter_text, filter) = match valid.filter {
             Some((text, filter)) => (Some(text), Some(filter)),
             None => (None, None),
@@ -138,7 +172,10 @@ impl Hub {
             updated_at_ms: now,
         };
         self.store.put(&norn).await?;
-        if let Some(replaced) = self.router.insert(Arc::new(Subscription::new(norn.clone(), filter))) {
+        if let Some(replaced) = self
+            .router
+            .insert(Arc::new(Subscription::new(norn.clone(), filter)))
+        {
             replaced.close();
         }
         metrics::gauge!(m::NORNS).set(self.router.len() as f64);
@@ -154,7 +191,9 @@ impl Hub {
         let now = now_ms();
         let mut norns: Vec<Norn> = self
             .router
-            .all(|s| (principal.is_admin() || s.norn.owner == principal.name) && !s.norn.is_expired(now))
+            .all(|s| {
+                (principal.is_admin() || s.norn.owner == principal.name) && !s.norn.is_expired(now)
+            })
             .into_iter()
             .map(|s| s.norn.clone())
             .collect();

@@ -41,7 +41,12 @@ impl Router {
     }
 
     pub fn get(&self, id: Uuid) -> Option<Arc<Subscription>> {
-        self.index.read().expect("router lock").by_id.get(&id).cloned()
+        self.index
+            .read()
+            .expect("router lock")
+            .by_id
+            .get(&id)
+            .cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -62,7 +67,9 @@ impl Router {
     pub fn insert(&self, subscription: Arc<Subscription>) -> Option<Arc<Subscription>> {
         let mut index = self.index.write().expect("router lock");
         let replaced = remove_locked(&mut index, subscription.norn.id);
-        index.by_expiry.insert((subscription.norn.expires_at_ms, subscription.norn.id));
+        index
+            .by_expiry
+            .insert((subscription.norn.expires_at_ms, subscription.norn.id));
         index
             .by_key
             .entry(subscription.norn.key.as_str().into())

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Semaphore;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::DeliveryContext;
 use super::filter::Filter;
@@ -67,7 +67,8 @@ impl Subscription {
             return Offer::Filtered;
         }
         if now < self.cut_off_until_ms.load(Ordering::Relaxed) {
-            metrics::counter!(m::DROPPED, "sink" => self.sink_name(), "reason" => "cut_off").increment(1);
+            metrics::counter!(m::DROPPED, "sink" => self.sink_name(), "reason" => "cut_off")
+                .increment(1);
             return Offer::Dropped;
         }
         let mut queue = self.queue.lock().expect("queue lock");
@@ -84,7 +85,8 @@ impl Subscription {
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
                 let queued = sender.max_capacity() - sender.capacity();
                 drop(queue);
-                metrics::counter!(m::DROPPED, "sink" => self.sink_name(), "reason" => "queue_full").increment(1);
+                metrics::counter!(m::DROPPED, "sink" => self.sink_name(), "reason" => "queue_full")
+                    .increment(1);
                 self.cut_off(now, queued, ctx);
                 Offer::Dropped
             }
@@ -122,7 +124,10 @@ impl Subscription {
                     reqwest::header::HeaderValue::from_static("application/json"),
                 );
                 let id = Event::new_id().to_string();
-                let outcome = match client.post(&failure_url, secret.as_deref(), &id, headers, body).await {
+                let outcome = match client
+                    .post(&failure_url, secret.as_deref(), &id, headers, body)
+                    .await
+                {
                     Ok(()) => "success",
                     Err(error) => {
                         tracing::warn!(%error, "Failure notice not delivered.");
@@ -171,7 +176,11 @@ impl Subscription {
     }
 
     /// The worker: drains the queue into the sink, in order unless `max_in_flight` > 1.
-    async fn run(self: Arc<Self>, mut receiver: mpsc::Receiver<Arc<Event>>, ctx: Arc<DeliveryContext>) {
+    async fn run(
+        self: Arc<Self>,
+        mut receiver: mpsc::Receiver<Arc<Event>>,
+        ctx: Arc<DeliveryContext>,
+    ) {
         let sink: Arc<dyn Sink> = ctx.sink_for(&self.norn.destination);
         let max_batch = sink.max_batch();
         let in_flight = Arc::new(Semaphore::new(ctx.config.max_in_flight));
@@ -190,7 +199,8 @@ impl Subscription {
             while let Some(event) = next.take() {
                 match self.discards(&event) {
                     Some(reason) => {
-                        metrics::counter!(m::DROPPED, "sink" => sink.name(), "reason" => reason).increment(1)
+                        metrics::counter!(m::DROPPED, "sink" => sink.name(), "reason" => reason)
+                            .increment(1)
                     }
                     None => batch.push(event),
                 }
@@ -201,7 +211,11 @@ impl Subscription {
             if batch.is_empty() {
                 continue;
             }
-            let permit = in_flight.clone().acquire_owned().await.expect("never closed");
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
             if ctx.config.max_in_flight == 1 {
                 self.deliver(sink.as_ref(), &batch, &ctx).await;
                 drop(permit);
@@ -223,7 +237,8 @@ impl Subscription {
         loop {
             match sink.deliver(batch).await {
                 Ok(()) => {
-                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "success").increment(count);
+                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "success")
+                        .increment(count);
                     let now = now_ms();
                     for event in batch {
                         metrics::histogram!(m::DELIVERY_DURATION, "sink" => name)
@@ -231,10 +246,12 @@ impl Subscription {
                     }
                     return;
                 }
-                Err(DeliveryError::Retryable { reason, retry_after })
-                    if attempt < ctx.config.retries && !self.removed.load(Ordering::Relaxed) =>
-                {
-                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "retry").increment(count);
+                Err(DeliveryError::Retryable {
+                    reason,
+                    retry_after,
+                }) if attempt < ctx.config.retries && !self.removed.load(Ordering::Relaxed) => {
+                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "retry")
+                        .increment(count);
                     let wait = retry_after
                         .unwrap_or_else(|| backoff(ctx.config.backoff, attempt))
                         .min(ctx.config.max_backoff);
@@ -243,7 +260,8 @@ impl Subscription {
                     attempt += 1;
                 }
                 Err(error) => {
-                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "failure").increment(count);
+                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "failure")
+                        .increment(count);
                     tracing::info!(norn = %self.norn.id, %error, attempts = attempt + 1, "Delivery failed.");
                     return;
                 }
@@ -256,7 +274,9 @@ impl Subscription {
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let full = base.saturating_mul(1u32 << attempt.min(16));
     let half = full / 2;
-    half + Duration::from_nanos(rand::rng().random_range(0..=half.as_nanos().min(u64::MAX as u128) as u64))
+    half + Duration::from_nanos(
+        rand::rng().random_range(0..=half.as_nanos().min(u64::MAX as u128) as u64),
+    )
 }
 
 #[cfg(test)]
@@ -269,7 +289,10 @@ mod tests {
         for attempt in 0..4 {
             let wait = backoff(base, attempt);
             let full = base * (1 << attempt);
-            assert!(wait >= full / 2 && wait <= full, "{wait:?} for attempt {attempt}");
+            assert!(
+                wait >= full / 2 && wait <= full,
+                "{wait:?} for attempt {attempt}"
+            );
         }
     }
 }

@@ -80,9 +80,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let permitted: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
@@ -112,14 +111,38 @@ mod tests {
     #[test]
     fn refuses_internal_addresses() {
         for refused in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.100.100.200", "::1", "::", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "224.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.100.100.200",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "224.0.0.1",
         ] {
-            assert!(is_refused(refused.parse().unwrap()), "{refused} should be refused");
+            assert!(
+                is_refused(refused.parse().unwrap()),
+                "{refused} should be refused"
+            );
         }
-        for allowed in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"] {
-            assert!(!is_refused(allowed.parse().unwrap()), "{allowed} should be allowed");
+        for allowed in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(
+                !is_refused(allowed.parse().unwrap()),
+                "{allowed} should be allowed"
+            );
         }
     }
 
@@ -131,6 +154,12 @@ mod tests {
         };
         assert!(policy.permits("10.9.9.9".parse().unwrap()));
         assert!(!policy.permits("192.168.0.1".parse().unwrap()));
-        assert!(AddressPolicy { allow_private: true, allow_cidrs: vec![] }.permits("127.0.0.1".parse().unwrap()));
+        assert!(
+            AddressPolicy {
+                allow_private: true,
+                allow_cidrs: vec![]
+            }
+            .permits("127.0.0.1".parse().unwrap())
+        );
     }
 }

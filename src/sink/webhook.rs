@@ -132,7 +132,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Adds `X-Webpa-Signature` (HMAC-SHA1 of the body) and the Standard Webhooks headers
@@ -142,7 +145,8 @@ pub fn sign(headers: &mut HeaderMap, secret: &str, message_id: &str, body: &[u8]
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or_default();
-    let mut sha1 = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    let mut sha1 =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     sha1.update(body);
     let webpa = format!("sha1={}", hex(&sha1.finalize().into_bytes()));
     let standard = standard_webhooks_signature(secret, message_id, timestamp, body);
@@ -159,10 +163,19 @@ pub fn sign(headers: &mut HeaderMap, secret: &str, message_id: &str, body: &[u8]
 
 /// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`; a `whsec_` secret's key is the
 /// base64 text after the prefix, decoded.
-pub fn standard_webhooks_signature(secret: &str, message_id: &str, timestamp: u64, body: &[u8]) -> String {
+pub fn standard_webhooks_signature(
+    secret: &str,
+    message_id: &str,
+    timestamp: u64,
+    body: &[u8],
+) -> String {
     let key = secret
         .strip_prefix("whsec_")
-        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
         .unwrap_or_else(|| secret.as_bytes().to_vec());
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key");
     mac.update(message_id.as_bytes());
@@ -206,7 +219,10 @@ impl WebhookSink {
                 headers.insert(HeaderName::from_static(name), value);
             }
         };
-        put("x-webpa-event", event.kind.split('/').next().unwrap_or_default());
+        put(
+            "x-webpa-event",
+            event.kind.split('/').next().unwrap_or_default(),
+        );
         put("x-webpa-device-id", &event.key);
         // Caduceus always has a transaction id; events without one get the event id.
         let event_id = event.id.to_string();
@@ -277,7 +293,10 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -285,9 +304,21 @@ mod tests {
     fn classifies_statuses() {
         let headers = HeaderMap::new();
         assert!(classify(StatusCode::OK, &headers).is_ok());
-        assert!(matches!(classify(StatusCode::SERVICE_UNAVAILABLE, &headers), Err(DeliveryError::Retryable { .. })));
-        assert!(matches!(classify(StatusCode::REQUEST_TIMEOUT, &headers), Err(DeliveryError::Retryable { .. })));
-        assert!(matches!(classify(StatusCode::BAD_REQUEST, &headers), Err(DeliveryError::Permanent { .. })));
-        assert!(matches!(classify(StatusCode::FOUND, &headers), Err(DeliveryError::Permanent { .. })));
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, &headers),
+            Err(DeliveryError::Retryable { .. })
+        ));
+        assert!(matches!(
+            classify(StatusCode::REQUEST_TIMEOUT, &headers),
+            Err(DeliveryError::Retryable { .. })
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, &headers),
+            Err(DeliveryError::Permanent { .. })
+        ));
+        assert!(matches!(
+            classify(StatusCode::FOUND, &headers),
+            Err(DeliveryError::Permanent { .. })
+        ));
     }
 }

@@ -50,7 +50,10 @@ fn reject(reason: &'static str, error: ApiError) -> ApiError {
     responses((status = 202, body = Accepted), (status = 400, description = "Not a WRP SimpleEvent, or no device id"),
               (status = 401), (status = 403, description = "Missing or wrong signature"), (status = 413), (status = 415),
               (status = 429, description = "The ingest queue is full; retry")))]
-pub async fn post_events(State(state): State<AppState>, request: Request) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+pub async fn post_events(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let (parts, body) = request.into_parts();
     let encoding = match parts
         .headers
@@ -60,7 +63,9 @@ pub async fn post_events(State(state): State<AppState>, request: Request) -> Res
         .map(|v| v.trim().to_ascii_lowercase())
         .as_deref()
     {
-        Some("application/msgpack" | "application/wrp" | "application/x-msgpack") => Encoding::Msgpack,
+        Some("application/msgpack" | "application/wrp" | "application/x-msgpack") => {
+            Encoding::Msgpack
+        }
         Some("application/json") => Encoding::Json,
         other => {
             return Err(reject(
@@ -74,14 +79,22 @@ pub async fn post_events(State(state): State<AppState>, request: Request) -> Res
     };
     let secret = state.config.sources.wrp.secret.as_deref();
     if secret.is_none() {
-        let principal = authenticate(&state, &parts).map_err(|error| reject("unauthorized", error))?;
+        let principal =
+            authenticate(&state, &parts).map_err(|error| reject("unauthorized", error))?;
         if !principal.has_role(Role::Publish) {
-            return Err(reject("forbidden", ApiError::forbidden(format!("{} lacks the publish role", principal.name))));
+            return Err(reject(
+                "forbidden",
+                ApiError::forbidden(format!("{} lacks the publish role", principal.name)),
+            ));
         }
     }
     let limit = state.config.sources.wrp.max_body;
     let body = read_body(body, limit).await.map_err(|error| {
-        let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "unreadable" };
+        let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "unreadable"
+        };
         reject(reason, error)
     })?;
     if let Some(secret) = secret {
@@ -92,13 +105,21 @@ pub async fn post_events(State(state): State<AppState>, request: Request) -> Res
         Encoding::Msgpack => WrpMessage::from_msgpack(&body),
         Encoding::Json => WrpMessage::from_json(&body),
     }
-    .map_err(|error| reject("invalid_wrp", ApiError::bad_request("invalid_wrp", error.to_string())))?;
+    .map_err(|error| {
+        reject(
+            "invalid_wrp",
+            ApiError::bad_request("invalid_wrp", error.to_string()),
+        )
+    })?;
     if message.msg_type != SIMPLE_EVENT {
         return Err(reject(
             "wrong_msg_type",
             ApiError::bad_request(
                 "wrong_msg_type",
-                format!("msg_type is {}; only SimpleEvent (4) is accepted", message.msg_type),
+                format!(
+                    "msg_type is {}; only SimpleEvent (4) is accepted",
+                    message.msg_type
+                ),
             ),
         ));
     }
@@ -126,7 +147,10 @@ pub async fn post_events(State(state): State<AppState>, request: Request) -> Res
     };
     let id = event.id.to_string();
     state.hub.try_publish(event).map_err(|busy| {
-        reject("busy", ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", busy.to_string()))
+        reject(
+            "busy",
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", busy.to_string()),
+        )
     })?;
     metrics::counter!(m::EVENTS_RECEIVED, "source" => SOURCE).increment(1);
     Ok((StatusCode::ACCEPTED, Json(Accepted { id, device_id: key })))
@@ -134,26 +158,43 @@ pub async fn post_events(State(state): State<AppState>, request: Request) -> Res
 
 /// Checks `X-Webpa-Signature: sha1=<hex>` or `Xmidt-Signature: sha256=<hex>`.
 fn verify_signature(headers: &HeaderMap, secret: &str, body: &[u8]) -> Result<(), String> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     let valid = if let Some(signature) = header("xmidt-signature") {
-        let hex = signature.strip_prefix("sha256=").ok_or("Xmidt-Signature must be sha256=<hex>")?;
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+        let hex = signature
+            .strip_prefix("sha256=")
+            .ok_or("Xmidt-Signature must be sha256=<hex>")?;
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
         mac.update(body);
-        mac.verify_slice(&decode_hex(hex).ok_or("the signature is not hex")?).is_ok()
+        mac.verify_slice(&decode_hex(hex).ok_or("the signature is not hex")?)
+            .is_ok()
     } else if let Some(signature) = header("x-webpa-signature") {
-        let hex = signature.strip_prefix("sha1=").ok_or("X-Webpa-Signature must be sha1=<hex>")?;
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+        let hex = signature
+            .strip_prefix("sha1=")
+            .ok_or("X-Webpa-Signature must be sha1=<hex>")?;
+        let mut mac =
+            Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
         mac.update(body);
-        mac.verify_slice(&decode_hex(hex).ok_or("the signature is not hex")?).is_ok()
+        mac.verify_slice(&decode_hex(hex).ok_or("the signature is not hex")?)
+            .is_ok()
     } else {
         return Err("a signature is required (X-Webpa-Signature or Xmidt-Signature)".into());
     };
     // verify_slice compares in constant time.
-    if valid { Ok(()) } else { Err("the signature does not match the body".into()) }
+    if valid {
+        Ok(())
+    } else {
+        Err("the signature does not match the body".into())
+    }
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -29,11 +29,13 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, creating the directory if needed.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|error| StoreError::Backend(format!("cannot create {}: {error}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|error| {
+            StoreError::Backend(format!("cannot create {}: {error}", dir.display()))
+        })?;
         let path = dir.join("norns.redb");
-        let db = Database::create(&path)
-            .map_err(|error| StoreError::Backend(format!("cannot open {}: {error}", path.display())))?;
+        let db = Database::create(&path).map_err(|error| {
+            StoreError::Backend(format!("cannot open {}: {error}", path.display()))
+        })?;
         let write = db.begin_write().map_err(backend)?;
         write.open_table(NORNS).map_err(backend)?;
         write.commit().map_err(backend)?;
@@ -54,7 +56,10 @@ impl EmbeddedStore {
 #[async_trait]
 impl NornStore for EmbeddedStore {
     async fn put(&self, norn: &Norn) -> Result<(), StoreError> {
-        let (id, bytes) = (norn.id.as_u128(), serde_json::to_vec(norn).map_err(backend)?);
+        let (id, bytes) = (
+            norn.id.as_u128(),
+            serde_json::to_vec(norn).map_err(backend)?,
+        );
         self.blocking(move |db| {
             let write = db.begin_write().map_err(backend)?;
             write

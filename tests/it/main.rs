@@ -1,0 +1,7 @@
+//! Integration tests: the real server on a free port, real HTTP receivers, real clients.
+
+mod delivery;
+mod events;
+mod helpers;
+mod norns;
+mod process;

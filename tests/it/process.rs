@@ -1,0 +1,143 @@
+//! The binary itself: `config check`, refusing to run exposed without auth, SIGTERM, SIGKILL.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_brunnr");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(BIN)
+        .arg("serve")
+        .env("BRUNNR_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("BRUNNR_STORE__PATH", dir)
+        .env("BRUNNR_DELIVERY__ALLOW_PRIVATE_DESTINATIONS", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(client: &reqwest::Client, port: u16) {
+    for _ in 0..200 {
+        if let Ok(response) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the brunnr process did not become ready");
+}
+
+#[test]
+fn config_check_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "delivery: {queue_size: 10, timeout: 5s}\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "delivery: {timeout: 5 parsecs}\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("delivery.timeout"), "{stderr}");
+}
+
+#[test]
+fn refuses_to_listen_publicly_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env("BRUNNR_SERVER__LISTEN", "0.0.0.0:0")
+        .env("BRUNNR_STORE__PATH", dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("auth.tokens"),
+        "says how to configure auth: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_norn_survives_sigkill_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, port).await;
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/norns"))
+        .json(&norn_body(
+            "mac:112233445566",
+            &format!("{}/after-kill", receiver.url),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let norn: serde_json::Value = response.json().await.unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, port).await;
+    let got: serde_json::Value = client
+        .get(format!(
+            "http://127.0.0.1:{port}/norns/{}",
+            norn["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["id"], norn["id"]);
+    let message = event("mac:112233445566", "device-status/online", "{}");
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/events"))
+        .header("content-type", "application/msgpack")
+        .body(message.to_msgpack())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+
+    // SIGTERM: a clean exit, status 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
