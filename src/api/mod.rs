@@ -72,6 +72,5 @@ pub fn app(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

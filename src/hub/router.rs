@@ -12,7 +12,10 @@ use super::subscription::Subscription;
 
 #[derive(Default)]
 struct Index {
-    by_key: HashMap<Box<str>, Vec<Arc<Subscription>>>,
+    /// By a hash of the key, so the key is not stored twice; a lookup compares the norns' keys,
+    /// so two keys with the same hash never see each other's events. Boxed slices: most keys have
+    /// one norn, and a `Vec` would reserve room for four.
+    by_key: HashMap<u64, Box<[Arc<Subscription>]>>,
     by_id: HashMap<Uuid, Arc<Subscription>>,
     by_expiry: BTreeSet<(i64, Uuid)>,
 }
@@ -26,18 +29,23 @@ pub struct Router {
 impl Router {
     /// The subscriptions of `key` (cheap clones of `Arc`s, so no lock is held while delivering).
     pub fn subscriptions(&self, key: &str) -> Vec<Arc<Subscription>> {
-        let index = self.index.read().expect("router lock");
-        index.by_key.get(key).cloned().unwrap_or_default()
+        let mut found = Vec::new();
+        self.for_each(key, |subscription| found.push(subscription.clone()));
+        found
     }
 
     /// Calls `f` on each subscription of `key` under the read lock; `f` must not block.
     pub fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<Subscription>)) -> usize {
         let index = self.index.read().expect("router lock");
-        let Some(subscriptions) = index.by_key.get(key) else {
+        let Some(subscriptions) = index.by_key.get(&key_hash(key)) else {
             return 0;
         };
-        subscriptions.iter().for_each(&mut f);
-        subscriptions.len()
+        let mut count = 0;
+        for subscription in subscriptions.iter().filter(|s| s.norn.key == key) {
+            f(subscription);
+            count += 1;
+        }
+        count
     }
 
     pub fn get(&self, id: Uuid) -> Option<Arc<Subscription>> {
@@ -70,11 +78,8 @@ impl Router {
         index
             .by_expiry
             .insert((subscription.norn.expires_at_ms, subscription.norn.id));
-        index
-            .by_key
-            .entry(subscription.norn.key.as_str().into())
-            .or_default()
-            .push(subscription.clone());
+        let list = index.by_key.entry(key_hash(&subscription.norn.key)).or_default();
+        *list = list.iter().cloned().chain([subscription.clone()]).collect();
         index.by_id.insert(subscription.norn.id, subscription);
         replaced
     }
@@ -101,11 +106,69 @@ impl Router {
 fn remove_locked(index: &mut Index, id: Uuid) -> Option<Arc<Subscription>> {
     let removed = index.by_id.remove(&id)?;
     index.by_expiry.remove(&(removed.norn.expires_at_ms, id));
-    if let Some(list) = index.by_key.get_mut(removed.norn.key.as_str()) {
-        list.retain(|s| s.norn.id != id);
+    let hash = key_hash(&removed.norn.key);
+    if let Some(list) = index.by_key.get_mut(&hash) {
+        *list = list.iter().filter(|s| s.norn.id != id).cloned().collect();
         if list.is_empty() {
-            index.by_key.remove(removed.norn.key.as_str());
+            index.by_key.remove(&hash);
         }
     }
     Some(removed)
+}
+
+fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(Default::default);
+    HASHER.hash_one(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::norn::{Destination, HttpDestination, HttpFormat, Norn};
+
+    fn subscription(key: &str, expires_at_ms: i64) -> Arc<Subscription> {
+        Arc::new(Subscription::new(
+            Norn {
+                id: Uuid::now_v7(),
+                key: key.into(),
+                destination: Destination::Http(HttpDestination {
+                    url: "https://example.com/".into(),
+                    secret: None,
+                    failure_url: None,
+                    format: HttpFormat::Wrp,
+                }),
+                duration: None,
+                filter: None,
+                expires_at_ms,
+                owner: "alice".into(),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            None,
+        ))
+    }
+
+    #[test]
+    fn routes_by_key_and_expires() {
+        let router = Router::default();
+        let (a1, a2, b) = (subscription("a", 10), subscription("a", 30), subscription("b", 20));
+        for s in [&a1, &a2, &b] {
+            router.insert(s.clone());
+        }
+        assert_eq!(router.for_each("a", |_| {}), 2);
+        assert_eq!(router.for_each("b", |_| {}), 1);
+        assert_eq!(router.for_each("c", |_| {}), 0);
+        let expired = router.take_expired(20);
+        let mut ids: Vec<Uuid> = expired.iter().map(|s| s.norn.id).collect();
+        ids.sort();
+        let mut want = vec![a1.norn.id, b.norn.id];
+        want.sort();
+        assert_eq!(ids, want);
+        assert_eq!(router.subscriptions("a").len(), 1);
+        assert_eq!(router.for_each("b", |_| {}), 0);
+        assert!(router.remove(a2.norn.id).is_some());
+        assert!(router.is_empty());
+    }
 }

@@ -23,7 +23,8 @@ use crate::sink::{DeliveryError, Sink};
 /// A registered norn, ready to take events.
 pub struct Subscription {
     pub norn: Norn,
-    filter: Option<Filter>,
+    /// Boxed: most norns have none, and a compiled program is large.
+    filter: Option<Box<Filter>>,
     /// The worker's queue, while a worker runs.
     queue: Mutex<Option<mpsc::Sender<Arc<Event>>>>,
     /// Events that arrived before this time are discarded (the norn is cut off until then).
@@ -44,7 +45,7 @@ impl Subscription {
     pub fn new(norn: Norn, filter: Option<Filter>) -> Subscription {
         Subscription {
             norn,
-            filter,
+            filter: filter.map(Box::new),
             queue: Mutex::new(None),
             cut_off_until_ms: AtomicI64::new(0),
             removed: AtomicBool::new(false),

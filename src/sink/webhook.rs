@@ -35,7 +35,6 @@ impl WebhookClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .user_agent(concat!("brunnr/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver {
