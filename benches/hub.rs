@@ -29,7 +29,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -77,7 +80,11 @@ fn sample_event() -> Vec<u8> {
         content_type: Some("application/json".into()),
         metadata: [("/boot-time".to_string(), "1700000000".to_string())].into(),
         partner_ids: vec!["comcast".into()],
-        payload: Some(br#"{"id":"mac:000000000007","ts":"2026-11-26T00:00:00Z","reason":"ssl_success"}"#.to_vec().into()),
+        payload: Some(
+            br#"{"id":"mac:000000000007","ts":"2026-11-26T00:00:00Z","reason":"ssl_success"}"#
+                .to_vec()
+                .into(),
+        ),
         ..Default::default()
     }
     .to_msgpack()
@@ -105,7 +112,9 @@ fn matching_one_million(c: &mut Criterion) {
     let before = LIVE.load(Ordering::Relaxed);
     let router = router_with(NORNS);
     let bytes_per_norn = (LIVE.load(Ordering::Relaxed) - before) as f64 / NORNS as f64;
-    eprintln!("norn index: {NORNS} norns, {bytes_per_norn:.0} bytes per norn (heap, index included)");
+    eprintln!(
+        "norn index: {NORNS} norns, {bytes_per_norn:.0} bytes per norn (heap, index included)"
+    );
     let keys: Vec<String> = (0..4096).map(|i| device((i * 7919) % NORNS)).collect();
     let mut i = 0;
     c.bench_function("match_1m_norns", |b| {

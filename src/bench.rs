@@ -62,7 +62,10 @@ impl Sink {
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
             && let Some(sent) = value["t"].as_u64()
         {
-            self.latencies.lock().expect("lock").push(now.saturating_sub(sent));
+            self.latencies
+                .lock()
+                .expect("lock")
+                .push(now.saturating_sub(sent));
         }
         self.last_micros.store(now, Ordering::SeqCst);
         self.count.fetch_add(1, Ordering::SeqCst);
@@ -122,7 +125,8 @@ async fn load(
     let start_micros = micros_now();
     let mut workers = Vec::new();
     for _ in 0..connections {
-        let (client, next, refused, make) = (client.clone(), next.clone(), refused.clone(), make.clone());
+        let (client, next, refused, make) =
+            (client.clone(), next.clone(), refused.clone(), make.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -151,7 +155,11 @@ async fn load(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let deliveries = sink.count.load(Ordering::SeqCst);
-    let delivery_seconds = (sink.last_micros.load(Ordering::SeqCst).saturating_sub(start_micros)) as f64 / 1e6;
+    let delivery_seconds = (sink
+        .last_micros
+        .load(Ordering::SeqCst)
+        .saturating_sub(start_micros)) as f64
+        / 1e6;
     let (p50_ms, p99_ms) = sink.percentiles();
     Phase {
         posted: count,
@@ -178,7 +186,8 @@ fn wrp_event(device: usize, sent_micros: u64) -> Vec<u8> {
 
 /// Runs the scenario and prints the summary.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.devices == 0 || args.norns_per_device == 0 || args.events == 0 || args.connections == 0 {
+    if args.devices == 0 || args.norns_per_device == 0 || args.events == 0 || args.connections == 0
+    {
         bail!("--devices, --norns-per-device, --events and --connections must be at least 1");
     }
     let sink = Arc::new(Sink::default());
@@ -194,7 +203,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     config.store.path = data.clone();
     config.delivery.allow_private_destinations = true;
     config.delivery.queue_size = 100_000;
-    config.server.ingest_queue_size = 100_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let brunnr = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -202,7 +210,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     for _ in 0..100 {
-        if client.get(format!("{brunnr}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{brunnr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -216,7 +229,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "destination": {"http": {"url": format!("{receiver}/norn/{n}"), "format": "payload"}},
                 "duration": "1h",
             });
-            let response = client.post(format!("{brunnr}/norns")).json(&body).send().await?;
+            let response = client
+                .post(format!("{brunnr}/norns"))
+                .json(&body)
+                .send()
+                .await?;
             if !response.status().is_success() {
                 bail!("creating a norn failed: {}", response.text().await?);
             }
@@ -226,28 +243,82 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let direct: Arc<dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync> = {
         let url = format!("{receiver}/direct");
         Arc::new(move |client, _i, t| {
-            client.post(&url).header("content-type", "application/json").body(format!("{{\"t\":{t}}}"))
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(format!("{{\"t\":{t}}}"))
         })
     };
     let devices = args.devices;
-    let via_brunnr: Arc<dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync> = {
+    let via_brunnr: Arc<
+        dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync,
+    > = {
         let url = format!("{brunnr}/events");
         Arc::new(move |client, i, t| {
-            client.post(&url).header("content-type", "application/msgpack").body(wrp_event(i % devices, t))
+            client
+                .post(&url)
+                .header("content-type", "application/msgpack")
+                .body(wrp_event(i % devices, t))
         })
     };
     let fan_out = args.norns_per_device as u64;
 
-    eprintln!("ceiling: {} requests straight to the receiver…", args.events);
-    let ceiling = load(&client, &sink, args.events, args.connections, 0, args.events as u64, direct.clone()).await;
+    eprintln!(
+        "ceiling: {} requests straight to the receiver…",
+        args.events
+    );
+    let ceiling = load(
+        &client,
+        &sink,
+        args.events,
+        args.connections,
+        0,
+        args.events as u64,
+        direct.clone(),
+    )
+    .await;
     eprintln!("brunnr: {} events at saturation…", args.events);
-    let saturated = load(&client, &sink, args.events, args.connections, 0, args.events as u64 * fan_out, via_brunnr.clone()).await;
+    let saturated = load(
+        &client,
+        &sink,
+        args.events,
+        args.connections,
+        0,
+        args.events as u64 * fan_out,
+        via_brunnr.clone(),
+    )
+    .await;
     let ingest_rate = (saturated.posted - saturated.refused) as f64 / saturated.post_seconds;
-    let rate = if args.rate > 0 { args.rate } else { (ingest_rate / 2.0).max(1.0) as u64 };
+    let rate = if args.rate > 0 {
+        args.rate
+    } else {
+        (ingest_rate / 2.0).max(1.0) as u64
+    };
     let paced_events = (rate * args.seconds) as usize;
-    eprintln!("latency below saturation: {rate} events/s for {}s, direct then through brunnr…", args.seconds);
-    let ceiling_paced = load(&client, &sink, paced_events, args.connections, rate, paced_events as u64, direct).await;
-    let paced = load(&client, &sink, paced_events, args.connections, rate, paced_events as u64 * fan_out, via_brunnr).await;
+    eprintln!(
+        "latency below saturation: {rate} events/s for {}s, direct then through brunnr…",
+        args.seconds
+    );
+    let ceiling_paced = load(
+        &client,
+        &sink,
+        paced_events,
+        args.connections,
+        rate,
+        paced_events as u64,
+        direct,
+    )
+    .await;
+    let paced = load(
+        &client,
+        &sink,
+        paced_events,
+        args.connections,
+        rate,
+        paced_events as u64 * fan_out,
+        via_brunnr,
+    )
+    .await;
 
     let _ = stop.send(());
     server.await.context("the server task failed")??;
@@ -256,8 +327,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ceiling_rate = ceiling.posted as f64 / ceiling.post_seconds;
     let deliveries_rate = saturated.deliveries as f64 / saturated.delivery_seconds.max(1e-9);
     println!();
-    println!("brunnr bench: {norns} norns on {} devices, {} connections, {} events per saturation phase", args.devices, args.connections, args.events);
-    println!("{:<40} {:>12} {:>14} {:>9} {:>9} {:>8}", "phase", "events/s", "deliveries/s", "p50 ms", "p99 ms", "lost");
+    println!(
+        "brunnr bench: {norns} norns on {} devices, {} connections, {} events per saturation phase",
+        args.devices, args.connections, args.events
+    );
+    println!(
+        "{:<40} {:>12} {:>14} {:>9} {:>9} {:>8}",
+        "phase", "events/s", "deliveries/s", "p50 ms", "p99 ms", "lost"
+    );
     let row = |name: &str, phase: &Phase, fan_out: u64| {
         println!(
             "{:<40} {:>12.0} {:>14.0} {:>9.2} {:>9.2} {:>8}",
@@ -275,6 +352,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     row(&format!("brunnr at {rate} events/s"), &paced, fan_out);
     println!();
     println!("ingest / ceiling:     {:.2}", ingest_rate / ceiling_rate);
-    println!("deliveries / ceiling: {:.2}", deliveries_rate / ceiling_rate);
+    println!(
+        "deliveries / ceiling: {:.2}",
+        deliveries_rate / ceiling_rate
+    );
     Ok(())
 }

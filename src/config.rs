@@ -58,8 +58,8 @@ pub struct ServerConfig {
     /// How long in-flight work may take to finish after SIGTERM.
     #[serde(with = "serde_duration")]
     pub drain_timeout: Duration,
-    /// Events accepted but not yet routed; when full, `POST /events` answers 429.
-    pub ingest_queue_size: usize,
+    /// Events being taken in (read, decoded, routed) at once; beyond it `POST /events` answers 429.
+    pub max_events_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,7 +68,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6600)),
             max_body: 1 << 20,
             drain_timeout: Duration::from_secs(10),
-            ingest_queue_size: 10_000,
+            max_events_in_flight: 10_000,
         }
     }
 }
@@ -339,8 +339,8 @@ impl Config {
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");
         }
-        if self.server.ingest_queue_size == 0 {
-            return invalid("server.ingest_queue_size", "must be at least 1");
+        if self.server.max_events_in_flight == 0 {
+            return invalid("server.max_events_in_flight", "must be at least 1");
         }
         if self.norns.max_duration.is_zero() {
             return invalid("norns.max_duration", "must be longer than 0s");

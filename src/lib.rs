@@ -56,12 +56,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let store = Arc::new(EmbeddedStore::open(&config.store.path)?);
-    let (hub, ingest) = Hub::new(config.clone(), store);
+    let hub = Hub::new(config.clone(), store);
     let loaded = hub.load_norns().await?;
     tracing::info!(norns = loaded, path = %config.store.path.display(), "Store opened.");
 
     let stop = CancellationToken::new();
-    let router_task = tokio::spawn(hub.clone().run_router(ingest, stop.clone()));
     let expiry_task = tokio::spawn(hub.clone().run_expiry(stop.clone()));
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -86,7 +85,6 @@ pub async fn run(
         .await?;
 
     stop.cancel();
-    let _ = router_task.await;
     let _ = expiry_task.await;
     if hub.drain(config.server.drain_timeout).await {
         tracing::info!("Queues drained.");

@@ -86,6 +86,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             RegistryError::NotFound => ApiError::not_found(),
+            RegistryError::Forbidden(_) => ApiError::forbidden(error.to_string()),
             RegistryError::Store(error) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

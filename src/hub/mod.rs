@@ -2,11 +2,12 @@
 //! that key.
 //!
 //! ```text
-//! source ──try_publish──► ingest queue ──router task──► Router (key → subscriptions)
-//!                          (bounded: full = 429)            └─► Subscription::offer ──► worker ──► sink
+//! source ──admit (≤ server.max_events_in_flight, else 429)──► publish ──► Router (key → subscriptions)
+//!                                                                └─► Subscription::offer ──► worker ──► sink
 //! ```
-//! Nothing on this path waits on a destination: per-norn queues are bounded and overflow drops
-//! (see `subscription`). The hub also owns the norn registry (`norns`): the store is written first,
+//! Routing happens on the source's own task: a hop through one router task cost a third of the
+//! throughput and made it erratic (see docs/benchmarks.md). Nothing on this path waits on a
+//! destination: per-norn queues are bounded and overflow drops (see `subscription`). The hub also owns the norn registry (`norns`): the store is written first,
 //! then the index, so what the API answered is what survives a restart.
 
 pub mod filter;
@@ -17,7 +18,7 @@ pub mod subscription;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +35,8 @@ use router::Router;
 /// What the delivery workers share.
 pub struct DeliveryContext {
     pub config: DeliveryConfig,
+    /// Which destination addresses are allowed (checked at creation and at connect time).
+    pub address_policy: AddressPolicy,
     pub webhook: WebhookClient,
     /// Workers and failure notices, so shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -41,12 +44,9 @@ pub struct DeliveryContext {
 
 impl DeliveryContext {
     pub fn new(config: DeliveryConfig) -> DeliveryContext {
-        let policy = AddressPolicy {
-            allow_private: config.allow_private_destinations,
-            allow_cidrs: config.allow_cidrs.clone(),
-        };
         DeliveryContext {
-            webhook: WebhookClient::new(policy, config.timeout),
+            webhook: WebhookClient::new(AddressPolicy::from(&config), config.timeout),
+            address_policy: AddressPolicy::from(&config),
             config,
             tracker: TaskTracker::new(),
         }
@@ -62,7 +62,7 @@ impl DeliveryContext {
     }
 }
 
-/// The ingest queue is full; the source should answer 429.
+/// Too many events are being taken in at once; the source should answer 429.
 #[derive(Debug, thiserror::Error)]
 #[error("the hub is busy; try again")]
 pub struct HubBusy;
@@ -70,7 +70,8 @@ pub struct HubBusy;
 /// Routes events to subscriptions and keeps the norn registry.
 pub struct Hub {
     router: Router,
-    ingest: mpsc::Sender<Arc<Event>>,
+    /// Events being taken in (read, decoded, routed) at once.
+    ingest: Arc<Semaphore>,
     delivery: Arc<DeliveryContext>,
     store: Arc<dyn NornStore>,
     config: Arc<Config>,
@@ -78,59 +79,35 @@ pub struct Hub {
     writes: tokio::sync::Mutex<()>,
 }
 
-/// The router task's end of the ingest queue.
-pub struct IngestReceiver(mpsc::Receiver<Arc<Event>>);
-
 impl Hub {
-    pub fn new(config: Arc<Config>, store: Arc<dyn NornStore>) -> (Arc<Hub>, IngestReceiver) {
-        let (ingest, receiver) = mpsc::channel(config.server.ingest_queue_size);
-        let hub = Arc::new(Hub {
+    pub fn new(config: Arc<Config>, store: Arc<dyn NornStore>) -> Arc<Hub> {
+        Arc::new(Hub {
             router: Router::default(),
-            ingest,
+            ingest: Arc::new(Semaphore::new(config.server.max_events_in_flight)),
             delivery: Arc::new(DeliveryContext::new(config.delivery.clone())),
             store,
             config,
             writes: tokio::sync::Mutex::new(()),
-        });
-        (hub, IngestReceiver(receiver))
+        })
     }
 
-    /// Accepts an event for routing, or refuses at once when the ingest queue is full.
-    pub fn try_publish(&self, event: Event) -> Result<(), HubBusy> {
-        self.ingest.try_send(Arc::new(event)).map_err(|_| HubBusy)
+    /// Admits one event to be taken in, or refuses at once when too many are; hold the permit
+    /// while reading, decoding and publishing it.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, HubBusy> {
+        self.ingest.clone().try_acquire_owned().map_err(|_| HubBusy)
     }
 
     /// Hands `event` to each subscription of its key. Never waits.
-    pub fn route(&self, event: &Arc<Event>) {
+    pub fn publish(&self, event: Event) {
+        self.route(&Arc::new(event));
+    }
+
+    fn route(&self, event: &Arc<Event>) {
         let taken = self.router.for_each(&event.key, |subscription| {
             subscription.offer(event, &self.delivery);
         });
         if taken == 0 {
             metrics::counter!(m::EVENTS_UNROUTED).increment(1);
-        }
-    }
-
-    /// The router task: routes ingested events until `shutdown`, then routes what is still queued.
-    pub async fn run_router(
-        self: Arc<Self>,
-        mut ingest: IngestReceiver,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                biased;
-                event = ingest.0.recv() => match event {
-                    Some(event) => self.route(&event),
-                    None => break,
-                },
-                _ = shutdown.cancelled() => {
-                    ingest.0.close();
-                    while let Some(event) = ingest.0.recv().await {
-                        self.route(&event);
-                    }
-                    break;
-                }
-            }
         }
     }
 

@@ -12,7 +12,6 @@ use crate::auth::Principal;
 use crate::event::now_ms;
 use crate::metrics as m;
 use crate::norn::{Norn, NornError, NornRequest, NornRules, ValidNorn};
-use crate::sink::address_policy::AddressPolicy;
 use crate::store::StoreError;
 
 /// Why a norn operation failed.
@@ -24,23 +23,30 @@ pub enum RegistryError {
     Conflict,
     #[error("no such norn")]
     NotFound,
+    #[error("the caller may not read events of {0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl Hub {
     fn validate(&self, request: NornRequest, now: i64) -> Result<ValidNorn, NornError> {
-        let policy = AddressPolicy {
-            allow_private: self.config.delivery.allow_private_destinations,
-            allow_cidrs: self.config.delivery.allow_cidrs.clone(),
-        };
         request.validate(
             &NornRules {
                 max_duration: self.config.norns.max_duration,
-                address_policy: &policy,
+                address_policy: &self.delivery.address_policy,
             },
             now,
         )
+    }
+
+    /// The principal may only subscribe to keys it may read.
+    fn check_key(principal: &Principal, valid: &ValidNorn) -> Result<(), RegistryError> {
+        if principal.may_read(&valid.key) {
+            Ok(())
+        } else {
+            Err(RegistryError::Forbidden(valid.key.clone()))
+        }
     }
 
     /// Loads the stored norns into the router, deleting those that expired while brunnr was down.
@@ -96,6 +102,7 @@ impl Hub {
     ) -> Result<(Norn, bool), RegistryError> {
         let now = now_ms();
         let valid = self.validate(request, now)?;
+        Self::check_key(principal, &valid)?;
         let _write = self.writes.lock().await;
         match self.same_pair(&valid) {
             Some(existing) if existing.norn.owner != principal.name && !principal.is_admin() => {
@@ -133,6 +140,7 @@ impl Hub {
         let _write = self.writes.lock().await;
         let existing = self.visible(principal, id).ok_or(RegistryError::NotFound)?;
         let valid = self.validate(request, now)?;
+        Self::check_key(principal, &valid)?;
         if let Some(other) = self.same_pair(&valid)
             && other.norn.id != id
         {

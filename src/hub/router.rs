@@ -78,7 +78,10 @@ impl Router {
         index
             .by_expiry
             .insert((subscription.norn.expires_at_ms, subscription.norn.id));
-        let list = index.by_key.entry(key_hash(&subscription.norn.key)).or_default();
+        let list = index
+            .by_key
+            .entry(key_hash(&subscription.norn.key))
+            .or_default();
         *list = list.iter().cloned().chain([subscription.clone()]).collect();
         index.by_id.insert(subscription.norn.id, subscription);
         replaced
@@ -153,7 +156,11 @@ mod tests {
     #[test]
     fn routes_by_key_and_expires() {
         let router = Router::default();
-        let (a1, a2, b) = (subscription("a", 10), subscription("a", 30), subscription("b", 20));
+        let (a1, a2, b) = (
+            subscription("a", 10),
+            subscription("a", 30),
+            subscription("b", 20),
+        );
         for s in [&a1, &a2, &b] {
             router.insert(s.clone());
         }

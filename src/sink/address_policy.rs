@@ -17,6 +17,15 @@ pub struct AddressPolicy {
     pub allow_cidrs: Vec<IpNet>,
 }
 
+impl From<&crate::config::DeliveryConfig> for AddressPolicy {
+    fn from(config: &crate::config::DeliveryConfig) -> AddressPolicy {
+        AddressPolicy {
+            allow_private: config.allow_private_destinations,
+            allow_cidrs: config.allow_cidrs.clone(),
+        }
+    }
+}
+
 impl AddressPolicy {
     pub fn permits(&self, ip: IpAddr) -> bool {
         self.allow_private

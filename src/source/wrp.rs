@@ -88,6 +88,12 @@ pub async fn post_events(
             ));
         }
     }
+    let _admitted = state.hub.admit().map_err(|busy| {
+        reject(
+            "busy",
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", busy.to_string()),
+        )
+    })?;
     let limit = state.config.sources.wrp.max_body;
     let body = read_body(body, limit).await.map_err(|error| {
         let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -146,12 +152,7 @@ pub async fn post_events(
         wrp: Some(message),
     };
     let id = event.id.to_string();
-    state.hub.try_publish(event).map_err(|busy| {
-        reject(
-            "busy",
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", busy.to_string()),
-        )
-    })?;
+    state.hub.publish(event);
     metrics::counter!(m::EVENTS_RECEIVED, "source" => SOURCE).increment(1);
     Ok((StatusCode::ACCEPTED, Json(Accepted { id, device_id: key })))
 }

@@ -380,3 +380,63 @@ async fn shutdown_delivers_what_is_queued() {
     // Two failed attempts, then all twenty delivered before `run` returned.
     assert_eq!(receiver.received().len(), 22);
 }
+
+#[tokio::test]
+async fn connection_errors_are_retried() {
+    let mut config = test_config();
+    config.delivery.retries = 6;
+    let app = spawn_app(config).await;
+    // A port with nothing listening yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    app.create_norn(
+        ALICE,
+        norn_body(DEVICE, &format!("http://127.0.0.1:{port}/late")),
+    )
+    .await;
+    app.publish(&event(DEVICE, "device-status/online", "{}"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let receiver = Receiver::start_on(port).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let metrics = app.metrics().await;
+    assert!(metric(&metrics, "brunnr_deliveries_total", "outcome=\"retry\"") >= 1.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn max_in_flight_allows_concurrent_deliveries() {
+    for (in_flight, expected) in [(1, 1), (4, 4)] {
+        let mut config = test_config();
+        config.delivery.max_in_flight = in_flight;
+        let app = spawn_app(config).await;
+        let receiver = Receiver::start().await;
+        receiver.hang_all(true);
+        app.create_norn(
+            ALICE,
+            norn_body(DEVICE, &format!("{}/parallel", receiver.url)),
+        )
+        .await;
+        for n in 0..4 {
+            app.publish(&event(
+                DEVICE,
+                "device-status/online",
+                &format!("{{\"n\":{n}}}"),
+            ))
+            .await;
+        }
+        receiver.wait_for(expected, Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            receiver.received().len(),
+            expected,
+            "max_in_flight {in_flight}"
+        );
+        receiver.hang_all(false);
+        receiver.wait_for(4, Duration::from_secs(5)).await;
+        app.stop().await;
+    }
+}

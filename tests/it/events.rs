@@ -359,3 +359,36 @@ async fn operations_endpoints() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn too_many_events_in_flight_get_429() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    config.server.max_events_in_flight = 1;
+    let app = spawn_app(config).await;
+    // One event whose body is still arriving holds the only slot.
+    let mut slow = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {PUBLISHER}\r\ncontent-type: application/msgpack\r\ncontent-length: 100\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[0x80; 10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = app
+        .publish(&event("mac:112233445566", "device-status/online", "{}"))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["error"],
+        "busy"
+    );
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = app
+        .publish(&event("mac:112233445566", "device-status/online", "{}"))
+        .await;
+    assert_eq!(response.status(), 202, "the slot is free again");
+    app.stop().await;
+}

@@ -195,11 +195,18 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_on(0).await
+    }
+
+    /// A receiver on a given port (0: any free one).
+    pub async fn start_on(port: u16) -> Receiver {
         let state = Arc::new(ReceiverState::default());
         let app = axum::Router::new()
             .fallback(receive)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver { url, state }

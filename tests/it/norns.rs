@@ -156,6 +156,12 @@ async fn credentials_and_roles_are_enforced() {
         .await
         .unwrap();
     assert_eq!(header.status(), 200);
+    // Bob may read only mac:* keys, so he may not subscribe to others.
+    let (status, answer) = app
+        .create_norn(BOB, norn_body("uuid:3f2a", "https://example.com/hook"))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"], "forbidden");
     // A publisher may not manage norns; a subscriber may not publish.
     let publisher = app
         .client
