@@ -96,6 +96,10 @@ async fn start_receiver(sink: Arc<Sink>) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// Makes request `i`, stamped with the send time in µs.
+type MakeRequest =
+    Arc<dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
 /// What a load phase measured.
 struct Phase {
     posted: usize,
@@ -116,7 +120,7 @@ async fn load(
     connections: usize,
     rate: u64,
     expect: u64,
-    make: Arc<dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync>,
+    make: MakeRequest,
 ) -> Phase {
     sink.reset();
     let next = Arc::new(AtomicUsize::new(0));
@@ -240,7 +244,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    let direct: Arc<dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync> = {
+    let direct: MakeRequest = {
         let url = format!("{receiver}/direct");
         Arc::new(move |client, _i, t| {
             client
@@ -250,9 +254,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
     };
     let devices = args.devices;
-    let via_brunnr: Arc<
-        dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync,
-    > = {
+    let via_brunnr: MakeRequest = {
         let url = format!("{brunnr}/events");
         Arc::new(move |client, i, t| {
             client
