@@ -1,4 +1,4 @@
-//! The `brunnr` binary: `serve`, `config check`, and the load benchmark.
+//! The `brunnr` binary: `serve`, `config check`, the client commands and the load benchmark.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,20 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Manages norns on a running server.
+    Norn {
+        #[command(flatten)]
+        server: brunnr::client::ServerArgs,
+        #[command(subcommand)]
+        command: brunnr::client::NornCommand,
+    },
+    /// Posts one WRP event to a running server.
+    Publish {
+        #[command(flatten)]
+        server: brunnr::client::ServerArgs,
+        #[command(flatten)]
+        args: brunnr::client::PublishArgs,
     },
     /// Load and latency benchmark against a local receiver (see docs/benchmarks.md).
     Bench(brunnr::bench::BenchArgs),
@@ -56,6 +70,12 @@ fn main() -> anyhow::Result<()> {
             brunnr::config::Config::load(Some(&file), std::env::vars())?;
             println!("{}: ok", file.display());
             Ok(())
+        }
+        Command::Norn { server, command } => {
+            runtime.block_on(brunnr::client::norn(&server, command))
+        }
+        Command::Publish { server, args } => {
+            runtime.block_on(brunnr::client::publish(&server, args))
         }
         Command::Bench(args) => runtime.block_on(brunnr::bench::run(args)),
     }

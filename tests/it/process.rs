@@ -141,3 +141,84 @@ async fn a_norn_survives_sigkill_and_sigterm_exits_cleanly() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn client_commands_manage_norns_and_publish() {
+    let app = spawn_app(test_config()).await;
+    let receiver = Receiver::start().await;
+    let (url, hook) = (app.url.clone(), format!("{}/cli", receiver.url));
+    let run = move |token: &'static str, args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(&args)
+                .env("BRUNNR_URL", url)
+                .env("BRUNNR_TOKEN", token)
+                .output()
+                .unwrap()
+        })
+    };
+    let output = run(
+        ALICE,
+        vec![
+            "norn".into(),
+            "create".into(),
+            "--device".into(),
+            "MAC:11:22:33:44:55:66".into(),
+            "--webhook".into(),
+            hook,
+            "--format".into(),
+            "json".into(),
+            "--duration".into(),
+            "5m".into(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let norn: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(norn["deviceID"], "mac:112233445566");
+    let id = norn["id"].as_str().unwrap().to_owned();
+
+    let output = run(
+        PUBLISHER,
+        vec![
+            "publish".into(),
+            "--device".into(),
+            "mac:112233445566".into(),
+            "--payload".into(),
+            r#"{"from":"cli"}"#.into(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let delivered: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(delivered["payload"], "eyJmcm9tIjoiY2xpIn0=");
+
+    let output = run(ALICE, vec!["norn".into(), "list".into()])
+        .await
+        .unwrap();
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(list.len(), 1);
+    // Someone else's id: the server's 404 is shown and the command fails.
+    let output = run(BOB, vec!["norn".into(), "get".into(), id.clone()])
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not_found"));
+    let output = run(ALICE, vec!["norn".into(), "delete".into(), id])
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    app.stop().await;
+}
