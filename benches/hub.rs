@@ -54,7 +54,7 @@ fn norn(n: usize) -> Norn {
             failure_url: None,
             format: HttpFormat::Wrp,
         }),
-        duration: Some("24h".into()),
+        duration_ms: Some(86_400_000),
         filter: None,
         expires_at_ms: i64::MAX,
         owner: "alice".into(),

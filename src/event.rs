@@ -77,11 +77,11 @@ impl Event {
     }
 
     /// The event as WRP: its own message, or a SimpleEvent wrapping the envelope (non-WRP sources).
-    pub fn to_wrp(&self) -> WrpMessage {
+    pub fn to_wrp(&self) -> std::borrow::Cow<'_, WrpMessage> {
         if let Some(message) = &self.wrp {
-            return message.clone();
+            return std::borrow::Cow::Borrowed(message);
         }
-        WrpMessage {
+        std::borrow::Cow::Owned(WrpMessage {
             msg_type: crate::wrp::SIMPLE_EVENT,
             source: self.source.to_string(),
             dest: format!("event:{}/{}", self.kind, self.key),
@@ -91,7 +91,7 @@ impl Event {
                 serde_json::to_vec(&self.envelope()).expect("an envelope always encodes"),
             )),
             ..Default::default()
-        }
+        })
     }
 }
 

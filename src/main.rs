@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+// glibc's malloc spent a sixth of the CPU of the load benchmark; mimalloc suits many small,
+// short-lived allocations across threads (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "brunnr", version, about = "Event fan-out hub")]
 struct Cli {

@@ -24,8 +24,8 @@ pub struct Norn {
     /// The routing key (canonical device id, or another key as given).
     pub key: String,
     pub destination: Destination,
-    /// The duration asked for, Go-style, if one was.
-    pub duration: Option<String>,
+    /// The duration asked for, in milliseconds, if one was (answered Go-style).
+    pub duration_ms: Option<u64>,
     pub filter: Option<String>,
     pub expires_at_ms: i64,
     pub owner: String,
@@ -102,7 +102,9 @@ impl Norn {
             id: self.id.to_string(),
             device_id: self.key.clone(),
             destination,
-            duration: self.duration.clone(),
+            duration: self
+                .duration_ms
+                .map(|ms| format_duration(Duration::from_millis(ms))),
             filter: self.filter.clone(),
             expires_at: rfc3339(self.expires_at_ms),
             owner: self.owner.clone(),
@@ -218,7 +220,7 @@ pub struct NornRules<'a> {
 pub struct ValidNorn {
     pub key: String,
     pub destination: Destination,
-    pub duration: Option<String>,
+    pub duration_ms: Option<u64>,
     pub filter: Option<(String, Filter)>,
     pub expires_at_ms: i64,
 }
@@ -248,7 +250,7 @@ impl NornRequest {
                 format_duration(max)
             ))
         };
-        let (duration, expires_at_ms) = match (self.duration, self.ttl, self.expires_at) {
+        let (duration_ms, expires_at_ms) = match (self.duration, self.ttl, self.expires_at) {
             (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
                 return Err(NornError::Duration(
                     "give either duration or expiresAt, not both".into(),
@@ -274,7 +276,7 @@ impl NornRequest {
                 };
                 positive_within(parsed, max).ok_or_else(too_long)?;
                 (
-                    Some(format_duration(parsed)),
+                    Some(parsed.as_millis() as u64),
                     now_ms + parsed.as_millis() as i64,
                 )
             }
@@ -284,7 +286,7 @@ impl NornRequest {
                 })?);
                 positive_within(parsed, max).ok_or_else(too_long)?;
                 (
-                    Some(format_duration(parsed)),
+                    Some(parsed.as_millis() as u64),
                     now_ms + parsed.as_millis() as i64,
                 )
             }
@@ -323,7 +325,7 @@ impl NornRequest {
         Ok(ValidNorn {
             key,
             destination,
-            duration,
+            duration_ms,
             filter,
             expires_at_ms,
         })
@@ -507,7 +509,7 @@ mod tests {
                 failure_url: None,
                 format: HttpFormat::Wrp,
             }),
-            duration: Some("1m".into()),
+            duration_ms: Some(60_000),
             filter: None,
             expires_at_ms: 60_000,
             owner: "alice".into(),

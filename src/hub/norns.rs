@@ -172,7 +172,7 @@ impl Hub {
             id,
             key: valid.key,
             destination: valid.destination,
-            duration: valid.duration,
+            duration_ms: valid.duration_ms,
             filter: filter_text,
             expires_at_ms: valid.expires_at_ms,
             owner,

@@ -142,7 +142,7 @@ mod tests {
                     failure_url: None,
                     format: HttpFormat::Wrp,
                 }),
-                duration: None,
+                duration_ms: None,
                 filter: None,
                 expires_at_ms,
                 owner: "alice".into(),

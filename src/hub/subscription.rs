@@ -186,14 +186,19 @@ impl Subscription {
         let max_batch = sink.max_batch();
         let in_flight = Arc::new(Semaphore::new(ctx.config.max_in_flight));
         loop {
-            let first = tokio::select! {
-                event = receiver.recv() => match event {
-                    Some(event) => event,
-                    None => break,
+            // A timer only when the queue is empty: under load the next event is usually there.
+            let first = match receiver.try_recv() {
+                Ok(event) => event,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    event = receiver.recv() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(ctx.config.idle_timeout) => {
+                        if self.retire_if_idle(&receiver) { break } else { continue }
+                    }
                 },
-                _ = tokio::time::sleep(ctx.config.idle_timeout) => {
-                    if self.retire_if_idle(&receiver) { break } else { continue }
-                }
             };
             let mut batch = Vec::with_capacity(max_batch);
             let mut next = Some(first);

@@ -135,7 +135,7 @@ mod tests {
                 failure_url: None,
                 format: HttpFormat::Json,
             }),
-            duration: None,
+            duration_ms: None,
             filter: Some("event.kind == 'x'".into()),
             expires_at_ms: 1,
             owner: "alice".into(),
