@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the event path: WRP decode + route + encode per event, and norn matching
-//! with 1,000,000 norns registered (also reports the index's bytes per norn).
+//! with 1,000,000 norns registered (also reports the index's bytes per norn), each beside a
+//! baseline measured in the same run (the WRP codec alone; a plain `HashMap` lookup).
 //!
 //! `cargo bench --bench hub`
 
@@ -93,6 +94,13 @@ fn sample_event() -> Vec<u8> {
 fn decode_route_encode(c: &mut Criterion) {
     let router = router_with(10_000);
     let bytes = sample_event();
+    // Baseline: the WRP codec alone, so routing's share shows as the difference.
+    c.bench_function("baseline_wrp_decode_encode", |b| {
+        b.iter(|| {
+            let message = WrpMessage::from_msgpack(black_box(&bytes)).unwrap();
+            black_box(message.to_msgpack())
+        })
+    });
     c.bench_function("wrp_decode_route_encode", |b| {
         b.iter(|| {
             let message = WrpMessage::from_msgpack(black_box(&bytes)).unwrap();
@@ -116,7 +124,17 @@ fn matching_one_million(c: &mut Criterion) {
         "norn index: {NORNS} norns, {bytes_per_norn:.0} bytes per norn (heap, index included)"
     );
     let keys: Vec<String> = (0..4096).map(|i| device((i * 7919) % NORNS)).collect();
+    // Baseline: a plain std HashMap from key to one value, the same size, the same keys.
+    let plain: std::collections::HashMap<String, u64> =
+        (0..NORNS).map(|n| (device(n), n as u64)).collect();
     let mut i = 0;
+    c.bench_function("baseline_hashmap_get_1m", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(plain.get(black_box(&keys[i])))
+        })
+    });
+    drop(plain);
     c.bench_function("match_1m_norns", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();

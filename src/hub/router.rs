@@ -3,7 +3,9 @@
 //! Routing an event costs one hash lookup and then O(subscriptions of that key), never a scan of
 //! all norns. Norns are also indexed by id (the API) and by expiry time (the sweeper).
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
@@ -15,10 +17,55 @@ struct Index {
     /// By a hash of the key, so the key is not stored twice; a lookup compares the norns' keys,
     /// so two keys with the same hash never see each other's events. Boxed slices: most keys have
     /// one norn, and a `Vec` would reserve room for four.
-    by_key: HashMap<u64, Box<[Arc<Subscription>]>>,
-    by_id: HashMap<Uuid, Arc<Subscription>>,
+    by_key: HashMap<u64, Box<[Arc<Subscription>]>, BuildHasherDefault<PrehashedKey>>,
+    /// A set keyed by the norn's own id, so the id is not stored a second time.
+    by_id: HashSet<ById>,
     by_expiry: BTreeSet<(i64, Uuid)>,
 }
+
+/// `by_key`'s keys are already hashes: hashing them again would only cost time.
+#[derive(Default)]
+struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in all the same.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// A subscription hashed and compared by its norn's id.
+struct ById(Arc<Subscription>);
+
+impl Borrow<Uuid> for ById {
+    fn borrow(&self) -> &Uuid {
+        &self.0.norn.id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.norn.id.hash(state)
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.norn.id == other.0.norn.id
+    }
+}
+
+impl Eq for ById {}
 
 /// Subscriptions by key.
 #[derive(Default)]
@@ -49,12 +96,8 @@ impl Router {
     }
 
     pub fn get(&self, id: Uuid) -> Option<Arc<Subscription>> {
-        self.index
-            .read()
-            .expect("router lock")
-            .by_id
-            .get(&id)
-            .cloned()
+        let index = self.index.read().expect("router lock");
+        index.by_id.get(&id).map(|found| found.0.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -68,7 +111,12 @@ impl Router {
     /// Every subscription accepted by `keep` (listing; not on the event path).
     pub fn all(&self, mut keep: impl FnMut(&Subscription) -> bool) -> Vec<Arc<Subscription>> {
         let index = self.index.read().expect("router lock");
-        index.by_id.values().filter(|s| keep(s)).cloned().collect()
+        index
+            .by_id
+            .iter()
+            .filter(|found| keep(&found.0))
+            .map(|found| found.0.clone())
+            .collect()
     }
 
     /// Adds `subscription`, replacing (and returning) the one with the same id.
@@ -83,7 +131,7 @@ impl Router {
             .entry(key_hash(&subscription.norn.key))
             .or_default();
         *list = list.iter().cloned().chain([subscription.clone()]).collect();
-        index.by_id.insert(subscription.norn.id, subscription);
+        index.by_id.insert(ById(subscription));
         replaced
     }
 
@@ -107,7 +155,7 @@ impl Router {
 }
 
 fn remove_locked(index: &mut Index, id: Uuid) -> Option<Arc<Subscription>> {
-    let removed = index.by_id.remove(&id)?;
+    let removed = index.by_id.take(&id)?.0;
     index.by_expiry.remove(&(removed.norn.expires_at_ms, id));
     let hash = key_hash(&removed.norn.key);
     if let Some(list) = index.by_key.get_mut(&hash) {
