@@ -107,6 +107,19 @@ impl TestApp {
         (status, response.json().await.unwrap())
     }
 
+    /// `GET /norns` as `token`.
+    pub async fn list_norns(&self, token: &str) -> Vec<serde_json::Value> {
+        let response = self
+            .client
+            .get(format!("{}/norns", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
     /// Posts a WRP event as msgpack.
     pub async fn publish(&self, message: &brunnr::wrp::WrpMessage) -> reqwest::Response {
         self.client

@@ -25,16 +25,7 @@ async fn ownership_is_private_across_principals() {
         async move { client.get(url).bearer_auth(token).send().await.unwrap() }
     };
     assert_eq!(get(BOB, id.into()).await.status(), 404);
-    let bob_list: Vec<serde_json::Value> = app
-        .client
-        .get(format!("{}/norns", app.url))
-        .bearer_auth(BOB)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bob_list = app.list_norns(BOB).await;
     assert!(bob_list.is_empty());
     let delete = app
         .client
@@ -70,29 +61,11 @@ async fn ownership_is_private_across_principals() {
 
     // The admin sees every norn.
     assert_eq!(get(ADMIN, id.into()).await.status(), 200);
-    let all: Vec<serde_json::Value> = app
-        .client
-        .get(format!("{}/norns", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = app.list_norns(ADMIN).await;
     assert_eq!(all.len(), 1);
 
     // Alice's list, get, put and delete.
-    let list: Vec<serde_json::Value> = app
-        .client
-        .get(format!("{}/norns", app.url))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.list_norns(ALICE).await;
     assert_eq!(list.len(), 1);
     let mut body = get(ALICE, id.into())
         .await
@@ -274,16 +247,7 @@ async fn invalid_norns_get_clear_errors() {
         .await
         .unwrap();
     assert_eq!(broken.status(), 400);
-    let list: Vec<serde_json::Value> = app
-        .client
-        .get(format!("{}/norns", app.url))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.list_norns(ALICE).await;
     assert!(list.is_empty(), "no invalid norn was stored");
     let metrics = app.metrics().await;
     assert!(
@@ -356,16 +320,7 @@ async fn expired_norns_stop_at_once_and_are_removed() {
     let mut config = config;
     config.store.path = data_dir;
     let app = spawn_app(config).await;
-    let all: Vec<serde_json::Value> = app
-        .client
-        .get(format!("{}/norns", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = app.list_norns(ADMIN).await;
     assert!(all.is_empty(), "{all:?}");
     app.stop().await;
 }
