@@ -44,6 +44,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub live: LiveConfig,
     pub sources: SourcesConfig,
+    pub sinks: SinksConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -282,11 +283,61 @@ impl Default for CaduceusConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct SinksConfig {
+    pub nats: NatsSinkConfig,
+    pub sqs: SqsSinkConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// The NATS server for `nats` destinations; absent: `sources.nats.url`; neither: no NATS norns.
+    pub url: Option<String>,
+    /// Messages buffered while disconnected; beyond it publishes fail and norns' queues fill.
+    pub buffer: usize,
+}
+
+impl Default for NatsSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            buffer: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsSinkConfig {
+    /// The most one `SendMessageBatch` (and so one message) may carry.
+    #[serde(with = "serde_size")]
+    pub max_batch_bytes: u64,
+}
+
+impl Default for SqsSinkConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     pub nats_url: Option<String>,
 }
 
 impl Config {
+    /// The NATS server `nats` destinations publish to, if any.
+    pub fn nats_sink_url(&self) -> Option<&str> {
+        self.sinks
+            .nats
+            .url
+            .as_deref()
+            .or(self.sources.nats.as_ref().map(|nats| nats.url.as_str()))
+    }
+
     /// Reads `path` (or nothing: the defaults), applies `BRUNNR_…` variables from `env`, checks.
     pub fn load(
         path: Option<&Path>,
@@ -344,6 +395,12 @@ impl Config {
         }
         if self.norns.max_duration.is_zero() {
             return invalid("norns.max_duration", "must be longer than 0s");
+        }
+        if self.sinks.nats.buffer == 0 {
+            return invalid("sinks.nats.buffer", "must be at least 1");
+        }
+        if self.sinks.sqs.max_batch_bytes == 0 {
+            return invalid("sinks.sqs.max_batch_bytes", "must be at least 1");
         }
         if self.store.kind == StoreKind::Nats {
             return invalid(

@@ -44,6 +44,8 @@ use crate::store::embedded::EmbeddedStore;
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up the NATS connection: {0}")]
+    Nats(String),
     #[error("serving HTTP failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -57,7 +59,19 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let store = Arc::new(EmbeddedStore::open(&config.store.path)?);
-    let hub = Hub::new(config.clone(), store);
+    let nats = match config.nats_sink_url() {
+        Some(url) => Some(
+            sink::nats::NatsConnection::connect(
+                url,
+                config.sinks.nats.buffer,
+                config.delivery.timeout,
+            )
+            .await
+            .map_err(|error| RunError::Nats(error.to_string()))?,
+        ),
+        None => None,
+    };
+    let hub = Hub::new(config.clone(), store, nats);
     let loaded = hub.load_norns().await?;
     tracing::info!(norns = loaded, path = %config.store.path.display(), "Store opened.");
 

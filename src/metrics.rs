@@ -16,6 +16,10 @@ pub const DELIVERIES: &str = "brunnr_deliveries_total";
 pub const DROPPED: &str = "brunnr_dropped_total";
 /// Time from the event's arrival to its delivery, by `sink`.
 pub const DELIVERY_DURATION: &str = "brunnr_delivery_duration_seconds";
+/// Calls a sink made (one HTTP request, one `SendMessageBatch`, one batch of NATS publishes), by
+/// `sink` and `outcome` (`ok`, `error`); with `brunnr_deliveries_total` it shows how well batching
+/// works.
+pub const SINK_CALLS: &str = "brunnr_sink_calls_total";
 /// Norns registered.
 pub const NORNS: &str = "brunnr_norns";
 /// Live sessions open, by `transport`.
@@ -64,6 +68,7 @@ fn describe() {
         Unit::Seconds,
         "From arrival to delivery."
     );
+    describe_counter!(SINK_CALLS, "Calls sinks made, by sink.");
     describe_gauge!(NORNS, "Norns registered.");
     describe_gauge!(LIVE_SESSIONS, "Live sessions open, by transport.");
     describe_counter!(EVENTS_UNROUTED, "Events no subscription took.");

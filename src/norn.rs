@@ -38,6 +38,8 @@ pub struct Norn {
 #[serde(rename_all = "lowercase")]
 pub enum Destination {
     Http(HttpDestination),
+    Sqs(SqsDestination),
+    Nats(NatsDestination),
 }
 
 impl Destination {
@@ -45,6 +47,8 @@ impl Destination {
     pub fn identity(&self) -> String {
         match self {
             Destination::Http(http) => format!("http {}", http.url),
+            Destination::Sqs(sqs) => format!("sqs {}", sqs.queue_url),
+            Destination::Nats(nats) => format!("nats {}", nats.subject),
         }
     }
 
@@ -52,6 +56,8 @@ impl Destination {
     pub fn sink_name(&self) -> &'static str {
         match self {
             Destination::Http(_) => "webhook",
+            Destination::Sqs(_) => "sqs",
+            Destination::Nats(_) => "nats",
         }
     }
 }
@@ -69,6 +75,76 @@ pub struct HttpDestination {
     pub failure_url: Option<String>,
     #[serde(default)]
     pub format: HttpFormat,
+}
+
+/// An SQS queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqsDestination {
+    #[serde(rename = "queueURL")]
+    pub queue_url: String,
+    /// Absent: taken from a `sqs.<region>.amazonaws.com` queue URL, else `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(
+        rename = "accessKeyID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_key_id: Option<String>,
+    #[serde(
+        rename = "secretAccessKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secret_access_key: Option<String>,
+    /// An SQS-compatible server instead of AWS.
+    #[serde(
+        rename = "endpointURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_url: Option<String>,
+    #[serde(rename = "delaySeconds", default)]
+    pub delay_seconds: u32,
+}
+
+impl SqsDestination {
+    /// The region to sign for.
+    pub fn region(&self) -> String {
+        if let Some(region) = &self.region {
+            return region.clone();
+        }
+        url::Url::parse(&self.queue_url)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                let rest = host.strip_prefix("sqs.")?;
+                Some(rest.split('.').next()?.to_owned())
+            })
+            .filter(|region| !region.is_empty())
+            .unwrap_or_else(|| "us-east-1".into())
+    }
+}
+
+/// A NATS subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsDestination {
+    pub subject: String,
+    #[serde(default)]
+    pub format: NatsFormat,
+}
+
+/// How a NATS message is encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsFormat {
+    /// The event envelope as JSON.
+    #[default]
+    Json,
+    /// A Kaa 23/AIP AutomationInvocation (Avro binary) carrying the envelope.
+    KaaAip,
 }
 
 /// How a webhook body is encoded.
@@ -97,6 +173,12 @@ impl Norn {
                     http.secret = Some(MASK.into());
                 }
             }
+            Destination::Sqs(sqs) => {
+                if sqs.secret_access_key.is_some() {
+                    sqs.secret_access_key = Some(MASK.into());
+                }
+            }
+            Destination::Nats(_) => {}
         }
         NornView {
             id: self.id.to_string(),
@@ -177,12 +259,37 @@ pub struct NornRequest {
 #[serde(deny_unknown_fields)]
 pub struct DestinationRequest {
     pub http: Option<HttpDestination>,
-    pub sqs: Option<serde_json::Value>,
-    pub nats: Option<serde_json::Value>,
+    pub sqs: Option<SqsDestination>,
+    pub nats: Option<NatsDestination>,
     #[serde(rename = "HttpConfig")]
     pub http_config: Option<LegacyHttpConfig>,
     #[serde(rename = "AWSConfig")]
-    pub aws_config: Option<serde_json::Value>,
+    pub aws_config: Option<LegacyAwsConfig>,
+}
+
+/// Mimisbrunnr's `Destination.AWSConfig`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LegacyAwsConfig {
+    #[serde(rename = "AccessKey", default)]
+    pub access_key: Option<String>,
+    #[serde(rename = "SecretKey", default)]
+    pub secret_key: Option<String>,
+    /// The AWS account id; not needed to send.
+    #[serde(rename = "ID", default)]
+    #[schema(ignore)]
+    pub id: Option<serde_json::Value>,
+    #[serde(rename = "Sqs")]
+    pub sqs: LegacySqs,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LegacySqs {
+    #[serde(rename = "QueueURL")]
+    pub queue_url: String,
+    #[serde(rename = "DelaySeconds", default)]
+    pub delay_seconds: u32,
+    #[serde(rename = "Region", default)]
+    pub region: Option<String>,
 }
 
 /// Mimisbrunnr's `Destination.HttpConfig`.
@@ -213,6 +320,8 @@ pub enum NornError {
 pub struct NornRules<'a> {
     pub max_duration: Duration,
     pub address_policy: &'a AddressPolicy,
+    /// Whether a NATS connection for sinks is configured.
+    pub nats_available: bool,
 }
 
 /// A validated request: everything but the id, owner and timestamps.
@@ -241,7 +350,7 @@ impl NornRequest {
         let destination = self
             .destination
             .ok_or_else(|| NornError::Destination("destination is required".into()))?
-            .validate(rules.address_policy)?;
+            .validate(rules)?;
 
         let max = rules.max_duration;
         let too_long = || {
@@ -337,7 +446,8 @@ fn positive_within(duration: Duration, max: Duration) -> Option<()> {
 }
 
 impl DestinationRequest {
-    fn validate(self, policy: &AddressPolicy) -> Result<Destination, NornError> {
+    fn validate(self, rules: &NornRules<'_>) -> Result<Destination, NornError> {
+        let policy = rules.address_policy;
         let legacy_http = self.http_config.map(|legacy| HttpDestination {
             url: legacy.url,
             secret: legacy.secret,
@@ -386,10 +496,69 @@ impl DestinationRequest {
             }
             return Ok(Destination::Http(http));
         }
-        Err(NornError::Destination(
-            "sqs and nats destinations are not supported yet; use http".into(),
-        ))
+        let legacy_sqs = self.aws_config.map(|aws| SqsDestination {
+            queue_url: aws.sqs.queue_url,
+            region: aws.sqs.region.filter(|region| !region.is_empty()),
+            access_key_id: aws.access_key.filter(|key| !key.is_empty()),
+            secret_access_key: aws.secret_key.filter(|key| !key.is_empty()),
+            endpoint_url: None,
+            delay_seconds: aws.sqs.delay_seconds,
+        });
+        if let Some(sqs) = self.sqs.or(legacy_sqs) {
+            check_url("destination.sqs.queueURL", &sqs.queue_url, policy)?;
+            if let Some(endpoint) = &sqs.endpoint_url {
+                check_url("destination.sqs.endpointURL", endpoint, policy)?;
+            }
+            if sqs.delay_seconds > 900 {
+                return Err(NornError::Destination(
+                    "destination.sqs.delaySeconds must be between 0 and 900".into(),
+                ));
+            }
+            if sqs.access_key_id.is_some() != sqs.secret_access_key.is_some() {
+                return Err(NornError::Destination(
+                    "destination.sqs needs both accessKeyID and secretAccessKey, or neither".into(),
+                ));
+            }
+            if sqs.secret_access_key.as_deref() == Some(MASK) {
+                return Err(NornError::Destination(
+                    "destination.sqs.secretAccessKey is the mask \"****\": send the real key"
+                        .into(),
+                ));
+            }
+            return Ok(Destination::Sqs(sqs));
+        }
+        let nats = self.nats.expect("exactly one destination is given");
+        check_subject(&nats.subject)?;
+        if !rules.nats_available {
+            return Err(NornError::Destination(
+                "nats destinations need a NATS server: set sinks.nats.url (or sources.nats.url)"
+                    .into(),
+            ));
+        }
+        Ok(Destination::Nats(nats))
     }
+}
+
+/// A subject to publish to: dot-separated tokens, no wildcards, no white space.
+pub fn check_subject(subject: &str) -> Result<(), NornError> {
+    let invalid =
+        |why: &str| NornError::Destination(format!("destination.nats.subject {subject:?} {why}"));
+    if subject.is_empty() || subject.len() > 256 {
+        return Err(invalid("must have 1 to 256 characters"));
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain white space"));
+    }
+    if subject.split('.').any(|token| token.is_empty()) {
+        return Err(invalid(
+            "must not have empty tokens (leading, trailing or double dots)",
+        ));
+    }
+    if subject.split('.').any(|token| token == "*" || token == ">") || subject.contains(['*', '>'])
+    {
+        return Err(invalid("must not contain wildcards (* or >)"));
+    }
+    Ok(())
 }
 
 /// An http(s) URL with a host, whose host is not a literal IP the policy refuses.
@@ -430,6 +599,7 @@ mod tests {
         NornRules {
             max_duration: Duration::from_secs(3600),
             address_policy: policy,
+            nats_available: true,
         }
     }
 
@@ -456,7 +626,9 @@ mod tests {
         }))
         .validate(&rules(&policy), 0)
         .unwrap();
-        let Destination::Http(http) = legacy.destination;
+        let Destination::Http(http) = legacy.destination else {
+            panic!("an http destination")
+        };
         assert_eq!(http.secret.as_deref(), Some("s"));
         assert_eq!(
             http.failure_url.as_deref(),
@@ -496,6 +668,62 @@ mod tests {
             serde_json::json!({"deviceID": "d", "destination": {"http": {"url": "https://e.com/"}}, "duration": 60, "filter": "event.kind =="}),
         );
         assert!(filter.contains("CEL"), "{filter}");
+    }
+
+    #[test]
+    fn sqs_and_nats_destinations() {
+        let policy = AddressPolicy::default();
+        let legacy = request(serde_json::json!({
+            "DeviceID": "mac:112233445566", "TTL": 60,
+            "Destination": {"AWSConfig": {"AccessKey": "AKIA1", "SecretKey": "s3", "ID": "123456789012",
+                "Sqs": {"QueueURL": "https://sqs.eu-west-1.amazonaws.com/123456789012/events", "DelaySeconds": 5}}}
+        }))
+        .validate(&rules(&policy), 0)
+        .unwrap();
+        let Destination::Sqs(sqs) = &legacy.destination else {
+            panic!("an sqs destination")
+        };
+        assert_eq!(sqs.region(), "eu-west-1");
+        assert_eq!(sqs.delay_seconds, 5);
+        assert_eq!(sqs.access_key_id.as_deref(), Some("AKIA1"));
+        let check = |destination: serde_json::Value| {
+            request(
+                serde_json::json!({"deviceID": "d", "destination": destination, "duration": "1m"}),
+            )
+            .validate(&rules(&policy), 0)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+        };
+        let queue = "https://sqs.us-east-1.amazonaws.com/1/q";
+        assert!(
+            check(serde_json::json!({"sqs": {"queueURL": queue, "delaySeconds": 901}}))
+                .unwrap_err()
+                .contains("900")
+        );
+        assert!(
+            check(serde_json::json!({"sqs": {"queueURL": queue, "accessKeyID": "a"}}))
+                .unwrap_err()
+                .contains("both")
+        );
+        assert!(
+            check(serde_json::json!({"sqs": {"queueURL": queue, "delaySeconds": 900}})).is_ok()
+        );
+        assert!(check(serde_json::json!({"nats": {"subject": "brunnr.events.mac"}})).is_ok());
+        for bad in ["a.*", "a.>", "a..b", ".a", "a b", ""] {
+            assert!(
+                check(serde_json::json!({"nats": {"subject": bad}})).is_err(),
+                "{bad}"
+            );
+        }
+        let no_nats = NornRules {
+            nats_available: false,
+            ..rules(&policy)
+        };
+        let error = request(serde_json::json!({"deviceID": "d", "destination": {"nats": {"subject": "x"}}, "duration": "1m"}))
+            .validate(&no_nats, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sinks.nats.url"), "{error}");
     }
 
     #[test]

@@ -19,9 +19,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.ready.load(Ordering::Relaxed) {
+        // The NATS sink is reported, not required: its norns buffer, retry and drop on their own.
+        let nats = match state.hub.nats_connected() {
+            None => "not configured",
+            Some(true) => "connected",
+            Some(false) => "disconnected",
+        };
         (
             StatusCode::OK,
-            Json(serde_json::json!({"status": "ready", "store": "ok"})),
+            Json(serde_json::json!({"status": "ready", "store": "ok", "nats_sink": nats})),
         )
     } else {
         (

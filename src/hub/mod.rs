@@ -26,9 +26,11 @@ use crate::config::{Config, DeliveryConfig};
 use crate::event::Event;
 use crate::metrics as m;
 use crate::norn::Destination;
-use crate::sink::Sink;
 use crate::sink::address_policy::AddressPolicy;
+use crate::sink::nats::{NatsConnection, NatsSink};
+use crate::sink::sqs::{SqsClients, SqsSink};
 use crate::sink::webhook::{WebhookClient, WebhookSink};
+use crate::sink::{DeliveryError, Sink};
 use crate::store::NornStore;
 use router::Router;
 
@@ -38,13 +40,23 @@ pub struct DeliveryContext {
     /// Which destination addresses are allowed (checked at creation and at connect time).
     pub address_policy: AddressPolicy,
     pub webhook: WebhookClient,
+    pub sqs: Arc<SqsClients>,
+    /// The shared NATS connection, when one is configured.
+    pub nats: Option<NatsConnection>,
     /// Workers and failure notices, so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
 
 impl DeliveryContext {
-    pub fn new(config: DeliveryConfig) -> DeliveryContext {
+    pub fn new(config: &Config, nats: Option<NatsConnection>) -> DeliveryContext {
+        let sqs = Arc::new(SqsClients::new(
+            config.delivery.timeout,
+            config.sinks.sqs.max_batch_bytes as usize,
+        ));
+        let config: DeliveryConfig = config.delivery.clone();
         DeliveryContext {
+            sqs,
+            nats,
             webhook: WebhookClient::new(AddressPolicy::from(&config), config.timeout),
             address_policy: AddressPolicy::from(&config),
             config,
@@ -58,7 +70,28 @@ impl DeliveryContext {
             Destination::Http(http) => {
                 Arc::new(WebhookSink::new(self.webhook.clone(), http.clone()))
             }
+            Destination::Sqs(sqs) => Arc::new(SqsSink::new(self.sqs.clone(), sqs.clone())),
+            Destination::Nats(nats) => match &self.nats {
+                Some(connection) => Arc::new(NatsSink::new(connection.clone(), nats.clone())),
+                None => Arc::new(Unavailable("nats")),
+            },
         }
+    }
+}
+
+/// A sink whose service is not configured (a NATS norn stored before `sinks.nats` was removed).
+struct Unavailable(&'static str);
+
+#[async_trait::async_trait]
+impl Sink for Unavailable {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+
+    async fn deliver(&self, _batch: &[Arc<Event>]) -> Result<(), DeliveryError> {
+        Err(DeliveryError::Permanent {
+            reason: format!("no {} server is configured", self.0),
+        })
     }
 }
 
@@ -80,11 +113,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(config: Arc<Config>, store: Arc<dyn NornStore>) -> Arc<Hub> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn NornStore>,
+        nats: Option<NatsConnection>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             router: Router::default(),
             ingest: Arc::new(Semaphore::new(config.server.max_events_in_flight)),
-            delivery: Arc::new(DeliveryContext::new(config.delivery.clone())),
+            delivery: Arc::new(DeliveryContext::new(&config, nats)),
             store,
             config,
             writes: tokio::sync::Mutex::new(()),
@@ -122,6 +159,14 @@ impl Hub {
             }
             self.sweep_expired().await;
         }
+    }
+
+    /// Whether the NATS sink connection is up (`None`: not configured).
+    pub fn nats_connected(&self) -> Option<bool> {
+        self.delivery
+            .nats
+            .as_ref()
+            .map(NatsConnection::is_connected)
     }
 
     /// Closes every queue and waits (at most `deadline`) for workers to deliver what they hold.

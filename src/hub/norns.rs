@@ -35,6 +35,7 @@ impl Hub {
             &NornRules {
                 max_duration: self.config.norns.max_duration,
                 address_policy: &self.delivery.address_policy,
+                nats_available: self.delivery.nats.is_some(),
             },
             now,
         )

@@ -235,43 +235,74 @@ impl Subscription {
         }
     }
 
-    /// One batch, with retries for retryable failures.
+    /// One batch, with retries for what is worth retrying (the whole batch, or the part a sink
+    /// says failed for a reason that is not the sender's).
     async fn deliver(&self, sink: &dyn Sink, batch: &[Arc<Event>], ctx: &DeliveryContext) {
         let name = sink.name();
-        let count = batch.len() as u64;
+        let mut pending: Vec<Arc<Event>> = batch.to_vec();
         let mut attempt = 0;
         loop {
-            match sink.deliver(batch).await {
-                Ok(()) => {
-                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "success")
-                        .increment(count);
-                    let now = now_ms();
-                    for event in batch {
-                        metrics::histogram!(m::DELIVERY_DURATION, "sink" => name)
-                            .record((now - event.time_ms).max(0) as f64 / 1000.0);
-                    }
-                    return;
-                }
+            let result = sink.deliver(&pending).await;
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!(m::SINK_CALLS, "sink" => name, "outcome" => outcome).increment(1);
+            let (retry, failed, retry_after, reason) = match result {
+                Ok(()) => (Vec::new(), Vec::new(), None, None),
                 Err(DeliveryError::Retryable {
                     reason,
                     retry_after,
-                }) if attempt < ctx.config.retries && !self.removed.load(Ordering::Relaxed) => {
-                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "retry")
-                        .increment(count);
-                    let wait = retry_after
-                        .unwrap_or_else(|| backoff(ctx.config.backoff, attempt))
-                        .min(ctx.config.max_backoff);
-                    tracing::debug!(norn = %self.norn.id, %reason, ?wait, attempt, "Delivery will be retried.");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
+                }) => (
+                    (0..pending.len()).collect(),
+                    Vec::new(),
+                    retry_after,
+                    Some(reason),
+                ),
+                Err(DeliveryError::Permanent { reason }) => {
+                    (Vec::new(), (0..pending.len()).collect(), None, Some(reason))
                 }
-                Err(error) => {
-                    metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "failure")
-                        .increment(count);
-                    tracing::info!(norn = %self.norn.id, %error, attempts = attempt + 1, "Delivery failed.");
-                    return;
+                Err(DeliveryError::Partial {
+                    retry,
+                    failed,
+                    reason,
+                }) => (retry, failed, None, Some(reason)),
+            };
+            let now = now_ms();
+            let mut delivered = 0;
+            for (index, event) in pending.iter().enumerate() {
+                if !retry.contains(&index) && !failed.contains(&index) {
+                    delivered += 1;
+                    metrics::histogram!(m::DELIVERY_DURATION, "sink" => name)
+                        .record((now - event.time_ms).max(0) as f64 / 1000.0);
                 }
             }
+            metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "success")
+                .increment(delivered);
+            let reason = reason.unwrap_or_default();
+            let mut gave_up = failed.len();
+            if !retry.is_empty()
+                && (attempt >= ctx.config.retries || self.removed.load(Ordering::Relaxed))
+            {
+                gave_up += retry.len();
+            }
+            if gave_up > 0 {
+                metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "failure")
+                    .increment(gave_up as u64);
+                tracing::info!(norn = %self.norn.id, %reason, events = gave_up, attempts = attempt + 1, "Delivery failed.");
+            }
+            if retry.is_empty() || gave_up > failed.len() {
+                return;
+            }
+            metrics::counter!(m::DELIVERIES, "sink" => name, "outcome" => "retry")
+                .increment(retry.len() as u64);
+            let wait = retry_after
+                .unwrap_or_else(|| backoff(ctx.config.backoff, attempt))
+                .min(ctx.config.max_backoff);
+            tracing::debug!(norn = %self.norn.id, %reason, ?wait, attempt, "Delivery will be retried.");
+            tokio::time::sleep(wait).await;
+            pending = retry
+                .iter()
+                .filter_map(|&index| pending.get(index).cloned())
+                .collect();
+            attempt += 1;
         }
     }
 }

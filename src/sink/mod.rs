@@ -4,6 +4,8 @@
 //! worker owns the loop, the retries and the metrics. Sinks never queue on their own.
 
 pub mod address_policy;
+pub mod nats;
+pub mod sqs;
 pub mod webhook;
 
 use std::time::Duration;
@@ -40,4 +42,12 @@ pub enum DeliveryError {
     /// Not worth trying again: other 4xx, refused addresses, unencodable events.
     #[error("{reason}")]
     Permanent { reason: String },
+    /// Some of a batch failed: the events at `retry` (indices into the batch) are worth trying
+    /// again, those at `failed` are not; the rest were delivered.
+    #[error("{reason}")]
+    Partial {
+        retry: Vec<usize>,
+        failed: Vec<usize>,
+        reason: String,
+    },
 }

@@ -5,3 +5,5 @@ mod events;
 mod helpers;
 mod norns;
 mod process;
+mod servers;
+mod sinks;
