@@ -36,6 +36,13 @@ pub struct BenchArgs {
     /// Length of the latency phase.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Also measure an SQS norn (moto_server) and a NATS norn (nats-server), started here from
+    /// PATH or ./.venv/bin (`./scripts/test` installs both).
+    #[arg(long)]
+    pub sinks: bool,
+    /// Events posted for each sink phase.
+    #[arg(long, default_value_t = 5_000)]
+    pub sink_events: usize,
 }
 
 fn micros_now() -> u64 {
@@ -201,12 +208,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .build()?;
 
+    let servers = if args.sinks {
+        Some(SinkServers::start().await?)
+    } else {
+        None
+    };
+
     // brunnr, in process, on a fresh data directory.
     let data = std::env::temp_dir().join(format!("brunnr-bench-{}", std::process::id()));
     let mut config = Config::default();
     config.store.path = data.clone();
     config.delivery.allow_private_destinations = true;
     config.delivery.queue_size = 100_000;
+    config.sinks.nats.url = servers.as_ref().map(|servers| servers.nats_url());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let brunnr = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -322,6 +336,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await;
 
+    let sink_rows = match &servers {
+        Some(servers) => Some(sink_phases(&client, &brunnr, servers, &args).await?),
+        None => None,
+    };
+
     let _ = stop.send(());
     server.await.context("the server task failed")??;
     let _ = std::fs::remove_dir_all(&data);
@@ -358,5 +377,303 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "deliveries / ceiling: {:.2}",
         deliveries_rate / ceiling_rate
     );
+    if let Some(rows) = sink_rows {
+        println!();
+        println!(
+            "sinks: one norn each, {} events posted as fast as possible",
+            args.sink_events
+        );
+        println!(
+            "{:<48} {:>14} {:>9} {:>9}",
+            "sink", "deliveries/s", "p50 ms", "p99 ms"
+        );
+        for row in &rows {
+            println!("{:<48} {:>14.0} {:>9} {:>9}", row.0, row.1, row.2, row.3);
+        }
+        println!();
+        println!(
+            "sqs batched / one message per call: {:.1}",
+            rows[1].1 / rows[2].1
+        );
+        println!(
+            "nats / webhook (at saturation):     {:.2}",
+            rows[0].1 / deliveries_rate
+        );
+    }
     Ok(())
+}
+
+/// nats-server and moto_server, killed when dropped.
+struct SinkServers {
+    nats: (std::process::Child, u16),
+    moto: (std::process::Child, u16),
+}
+
+impl SinkServers {
+    async fn start() -> anyhow::Result<SinkServers> {
+        let start = |program: &str,
+                     host_flag: &str|
+         -> anyhow::Result<(std::process::Child, u16)> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let local = std::path::Path::new(".venv/bin").join(program);
+            let path = if local.is_file() {
+                local
+            } else {
+                program.into()
+            };
+            let child = std::process::Command::new(&path)
+                .args([host_flag, "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "cannot start {program}: run ./scripts/test once to install it into .venv"
+                    )
+                })?;
+            Ok((child, port))
+        };
+        let servers = SinkServers {
+            nats: start("nats-server", "-a")?,
+            moto: start("moto_server", "-H")?,
+        };
+        for port in [servers.nats.1, servers.moto.1] {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                if Instant::now() > deadline {
+                    bail!("a test server did not start on port {port}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(servers)
+    }
+
+    fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats.1)
+    }
+
+    fn moto_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.moto.1)
+    }
+}
+
+impl Drop for SinkServers {
+    fn drop(&mut self) {
+        for child in [&mut self.nats.0, &mut self.moto.0] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// (name, deliveries/s, p50 ms, p99 ms) per sink.
+type SinkRow = (String, f64, String, String);
+
+/// A quantile from a Prometheus histogram: the upper bound of the bucket it falls in.
+fn histogram_quantile(metrics: &str, name: &str, labels: &str, q: f64) -> String {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}_bucket")) && line.contains(labels))
+        .filter_map(|line| {
+            let le = line.split("le=\"").nth(1)?.split('"').next()?;
+            let count = line.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), count))
+        })
+        .collect();
+    let total = buckets.iter().map(|(_, count)| *count).fold(0.0, f64::max);
+    match buckets.iter().find(|(_, count)| *count >= total * q) {
+        Some((le, _)) if le.is_finite() => format!("≤{:.1}", le * 1000.0),
+        _ => "-".into(),
+    }
+}
+
+fn metric_value(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Posts `events` WRP events from `device` over `connections` keep-alive connections.
+async fn post_all(
+    client: reqwest::Client,
+    url: String,
+    device: String,
+    events: usize,
+    connections: usize,
+) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (client, url, next, device) =
+            (client.clone(), url.clone(), next.clone(), device.clone());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < events {
+                let body = WrpMessage {
+                    msg_type: crate::wrp::SIMPLE_EVENT,
+                    source: device.clone(),
+                    dest: "event:device-status/online".into(),
+                    content_type: Some("application/json".into()),
+                    payload: Some(format!("{{\"t\":{}}}", micros_now()).into_bytes().into()),
+                    ..Default::default()
+                };
+                let _ = client
+                    .post(&url)
+                    .header("content-type", "application/msgpack")
+                    .body(body.to_msgpack())
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+async fn sink_phases(
+    client: &reqwest::Client,
+    brunnr: &str,
+    servers: &SinkServers,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<SinkRow>> {
+    use futures::StreamExt;
+    let events = args.sink_events;
+    let url = format!("{brunnr}/events");
+    let create = |device: &str, destination: serde_json::Value| {
+        let body =
+            serde_json::json!({"deviceID": device, "duration": "1h", "destination": destination});
+        client.post(format!("{brunnr}/norns")).json(&body).send()
+    };
+    let mut rows = Vec::new();
+
+    // NATS: a subscriber here reads the send time from the envelope's payload.
+    let subscriber = async_nats::connect(servers.nats_url()).await?;
+    let mut messages = subscriber.subscribe("bench.nats").await?;
+    subscriber.flush().await?;
+    let device = "mac:0000000a0001";
+    create(
+        device,
+        serde_json::json!({"nats": {"subject": "bench.nats"}}),
+    )
+    .await?
+    .error_for_status()?;
+    let sink = Sink::default();
+    let started = Instant::now();
+    let posting = tokio::spawn(post_all(
+        client.clone(),
+        url.clone(),
+        device.into(),
+        events,
+        args.connections,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (sink.count.load(Ordering::SeqCst) as usize) < events && Instant::now() < deadline {
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+        {
+            let envelope: serde_json::Value =
+                serde_json::from_slice(&message.payload).unwrap_or_default();
+            sink.record(envelope["payload"].to_string().as_bytes());
+        }
+    }
+    let _ = posting.await;
+    let (p50, p99) = sink.percentiles();
+    rows.push((
+        "nats (json)".to_owned(),
+        sink.count.load(Ordering::SeqCst) as f64 / started.elapsed().as_secs_f64(),
+        format!("{p50:.2}"),
+        format!("{p99:.2}"),
+    ));
+
+    // SQS through brunnr, batched; counted by brunnr's own delivery metrics.
+    let sqs = aws_sdk_sqs::Client::new(
+        &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "bench", "bench", None, None, "bench",
+            ))
+            .endpoint_url(servers.moto_url())
+            .load()
+            .await,
+    );
+    let queue = sqs
+        .create_queue()
+        .queue_name("bench")
+        .send()
+        .await?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    let device = "mac:0000000a0002";
+    let destination = serde_json::json!({"sqs": {"queueURL": queue, "region": "us-east-1",
+        "accessKeyID": "bench", "secretAccessKey": "bench", "endpointURL": servers.moto_url()}});
+    create(device, destination).await?.error_for_status()?;
+    let scrape = || async {
+        let text = client
+            .get(format!("{brunnr}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let count = metric_value(
+            &text,
+            "brunnr_deliveries_total",
+            "sink=\"sqs\",outcome=\"success\"",
+        );
+        anyhow::Ok((count, text))
+    };
+    let started = Instant::now();
+    post_all(
+        client.clone(),
+        url.clone(),
+        device.into(),
+        events,
+        args.connections,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut count, mut text) = scrape().await?;
+    while (count as usize) < events && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (count, text) = scrape().await?;
+    }
+    let labels = "sink=\"sqs\"";
+    rows.push((
+        "sqs through brunnr (SendMessageBatch)".to_owned(),
+        count / started.elapsed().as_secs_f64(),
+        histogram_quantile(&text, "brunnr_delivery_duration_seconds", labels, 0.5),
+        histogram_quantile(&text, "brunnr_delivery_duration_seconds", labels, 0.99),
+    ));
+
+    // The baseline: one SendMessage per message, in order, as a norn without batching would.
+    let single = (events / 5).max(100);
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(single);
+    for n in 0..single {
+        let call = Instant::now();
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(format!("{{\"n\":{n}}}"))
+            .send()
+            .await?;
+        latencies.push(call.elapsed().as_micros() as u64);
+    }
+    let rate = single as f64 / started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    rows.push((
+        "sqs one SendMessage per message (same server)".to_owned(),
+        rate,
+        format!("{:.2}", at(0.5)),
+        format!("{:.2}", at(0.99)),
+    ));
+    Ok(rows)
 }

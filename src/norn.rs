@@ -38,7 +38,8 @@ pub struct Norn {
 #[serde(rename_all = "lowercase")]
 pub enum Destination {
     Http(HttpDestination),
-    Sqs(SqsDestination),
+    /// Boxed: it is the largest, and a million webhook norns should not pay for its size.
+    Sqs(Box<SqsDestination>),
     Nats(NatsDestination),
 }
 
@@ -525,7 +526,7 @@ impl DestinationRequest {
                         .into(),
                 ));
             }
-            return Ok(Destination::Sqs(sqs));
+            return Ok(Destination::Sqs(Box::new(sqs)));
         }
         let nats = self.nats.expect("exactly one destination is given");
         check_subject(&nats.subject)?;

@@ -70,7 +70,7 @@ impl DeliveryContext {
             Destination::Http(http) => {
                 Arc::new(WebhookSink::new(self.webhook.clone(), http.clone()))
             }
-            Destination::Sqs(sqs) => Arc::new(SqsSink::new(self.sqs.clone(), sqs.clone())),
+            Destination::Sqs(sqs) => Arc::new(SqsSink::new(self.sqs.clone(), (**sqs).clone())),
             Destination::Nats(nats) => match &self.nats {
                 Some(connection) => Arc::new(NatsSink::new(connection.clone(), nats.clone())),
                 None => Arc::new(Unavailable("nats")),
