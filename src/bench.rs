@@ -40,8 +40,8 @@ pub struct BenchArgs {
     /// PATH or ./.venv/bin (`./scripts/test` installs both).
     #[arg(long)]
     pub sinks: bool,
-    /// Events posted for each sink phase.
-    #[arg(long, default_value_t = 5_000)]
+    /// Events posted for each sink phase (moto_server is slow: keep it small).
+    #[arg(long, default_value_t = 1_000)]
     pub sink_events: usize,
 }
 
