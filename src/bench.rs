@@ -411,19 +411,18 @@ struct SinkServers {
 
 impl SinkServers {
     async fn start() -> anyhow::Result<SinkServers> {
-        let start = |program: &str,
-                     host_flag: &str|
-         -> anyhow::Result<(std::process::Child, u16)> {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let local = std::path::Path::new(".venv/bin").join(program);
-            let path = if local.is_file() {
-                local
-            } else {
-                program.into()
-            };
-            let child = std::process::Command::new(&path)
+        let start =
+            |program: &str, host_flag: &str| -> anyhow::Result<(std::process::Child, u16)> {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let local = std::path::Path::new(".venv/bin").join(program);
+                let path = if local.is_file() {
+                    local
+                } else {
+                    program.into()
+                };
+                let child = std::process::Command::new(&path)
                 .args([host_flag, "127.0.0.1", "-p", &port.to_string()])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -433,8 +432,8 @@ impl SinkServers {
                         "cannot start {program}: run ./scripts/test once to install it into .venv"
                     )
                 })?;
-            Ok((child, port))
-        };
+                Ok((child, port))
+            };
         let servers = SinkServers {
             nats: start("nats-server", "-a")?,
             moto: start("moto_server", "-H")?,
