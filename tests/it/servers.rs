@@ -27,6 +27,15 @@ fn find(program: &str, install: &str) -> PathBuf {
     );
 }
 
+fn spawn(program: &PathBuf, args: &[String]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -45,12 +54,7 @@ pub struct Server {
 
 impl Server {
     fn start(program: PathBuf, args: Vec<String>, port: u16) -> Server {
-        let child = Command::new(&program)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()));
+        let child = spawn(&program, &args);
         let server = Server {
             child,
             port,
@@ -83,12 +87,7 @@ impl Server {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Command::new(&self.program)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.child = spawn(&self.program, &self.args);
         self.wait_listening();
     }
 
