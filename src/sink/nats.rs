@@ -3,9 +3,11 @@
 //!
 //! Formats: `json`, the event envelope; `kaa-aip`, a Kaa 23/AIP `AutomationInvocation` in Avro
 //! binary (schema `docs/kaa/0023-automation-invocation.avsc`) whose payload is the envelope as
-//! JSON. The client reconnects by itself; while it is disconnected, publishes wait in its buffer
-//! (`sinks.nats.buffer` messages). A publish that cannot even be buffered within the delivery
-//! timeout fails (retryable), so the norn's queue fills and drops are counted as for any sink.
+//! JSON. A batch (what the norn's queue holds, up to 64) is published and then flushed: it counts as
+//! delivered once the server has confirmed it. The client reconnects by itself; while it is
+//! disconnected, publishes wait in its buffer (`sinks.nats.buffer` messages). A batch not confirmed
+//! within the delivery timeout fails (retryable: a retried batch may arrive twice), so the norn's
+//! queue fills and drops are counted as for any sink.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -97,30 +99,36 @@ impl Sink for NatsSink {
         "nats"
     }
 
+    /// Publishes are cheap; the flush that confirms them is a round trip, so it is shared.
+    fn max_batch(&self) -> usize {
+        64
+    }
+
     async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), DeliveryError> {
-        for event in batch {
-            let body = encode(event, self.destination.format, &event.key);
-            let publish = self
-                .connection
-                .client
-                .publish(self.destination.subject.clone(), body.into());
-            match tokio::time::timeout(self.connection.timeout, publish).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    return Err(DeliveryError::Retryable {
-                        reason: format!("NATS publish failed: {error}"),
-                        retry_after: None,
-                    });
-                }
-                Err(_) => {
-                    return Err(DeliveryError::Retryable {
-                        reason: "NATS is unreachable and its buffer is full".into(),
-                        retry_after: None,
-                    });
-                }
+        let client = &self.connection.client;
+        let publish_all = async {
+            for event in batch {
+                let body = encode(event, self.destination.format, &event.key);
+                client
+                    .publish(self.destination.subject.clone(), body.into())
+                    .await
+                    .map_err(|error| error.to_string())?;
             }
+            // Delivered means the server has them: a publish alone may still sit in the buffer.
+            client.flush().await.map_err(|error| error.to_string())
+        };
+        match tokio::time::timeout(self.connection.timeout, publish_all).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(DeliveryError::Retryable {
+                reason: format!("NATS publish failed: {error}"),
+                retry_after: None,
+            }),
+            Err(_) => Err(DeliveryError::Retryable {
+                reason: "NATS did not confirm the publish in time (unreachable, buffer full?)"
+                    .into(),
+                retry_after: None,
+            }),
         }
-        Ok(())
     }
 }
 

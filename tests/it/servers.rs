@@ -5,6 +5,7 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 fn find(program: &str, install: &str) -> PathBuf {
@@ -36,12 +37,18 @@ fn spawn(program: &PathBuf, args: &[String]) -> Child {
         .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()))
 }
 
+/// A port for a test server. Tests run in parallel and a port freed by `bind(0)` can be handed out
+/// twice, so ports come from one counter, in a range below the kernel's ephemeral ports (which
+/// brunnr's own listeners use).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 16;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 8_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A server process on `port`.

@@ -284,12 +284,54 @@ async fn sqs_failures_that_are_the_senders_are_counted_not_retried() {
     app.stop().await;
 }
 
+/// Publishes events marked `mark` once every 500 ms until one arrives (at most 20 s).
+async fn publish_until_received(app: &TestApp, messages: &mut async_nats::Subscriber, mark: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "no {mark} event arrived");
+        let payload = format!("{{\"{mark}\":{n}}}");
+        app.publish(&event(DEVICE, "device-status/online", &payload))
+            .await;
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+            && String::from_utf8_lossy(&message.payload).contains(mark)
+        {
+            return;
+        }
+    }
+}
+
+/// Waits until brunnr's NATS sink connection is up (it connects in the background).
+async fn wait_nats_connected(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: serde_json::Value = app
+            .client
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["nats_sink"] == "connected" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the NATS sink did not connect: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn nats_norns_publish_json_and_kaa_aip() {
     let nats = servers::nats();
     let mut config = test_config();
     config.sinks.nats.url = Some(nats.url("nats"));
     let app = spawn_app(config).await;
+    wait_nats_connected(&app).await;
     let subscriber = async_nats::connect(nats.url("nats")).await.unwrap();
     let mut json_messages = subscriber.subscribe("brunnr.test.json").await.unwrap();
     let mut aip_messages = subscriber.subscribe("brunnr.test.aip").await.unwrap();
@@ -370,40 +412,18 @@ async fn nats_sink_reconnects_after_a_restart() {
     config.sinks.nats.url = Some(nats.url("nats"));
     let app = spawn_app(config).await;
     app.create_norn(ALICE, json!({"deviceID": DEVICE, "duration": "10m", "destination": {"nats": {"subject": "brunnr.restart"}}})).await;
+    wait_nats_connected(&app).await;
     let subscriber = async_nats::connect(nats.url("nats")).await.unwrap();
     let mut messages = subscriber.subscribe("brunnr.restart").await.unwrap();
     subscriber.flush().await.unwrap();
-    app.publish(&event(DEVICE, "device-status/online", r#"{"n":"before"}"#))
-        .await;
-    let first = tokio::time::timeout(Duration::from_secs(5), messages.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&first.payload).contains("before"));
+    // Publish until one arrives. (In about one run of five, the first message after the
+    // subscription did not reach this subscriber although brunnr's flush was confirmed by the
+    // server; see the closing note of issue 3.)
+    publish_until_received(&app, &mut messages, "before").await;
 
     nats.restart();
     // Both clients reconnect by themselves; events published after that arrive.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut n = 0;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no event arrived after the restart"
-        );
-        app.publish(&event(
-            DEVICE,
-            "device-status/online",
-            &format!("{{\"after\":{n}}}"),
-        ))
-        .await;
-        n += 1;
-        if let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
-            && String::from_utf8_lossy(&message.payload).contains("after")
-        {
-            break;
-        }
-    }
+    publish_until_received(&app, &mut messages, "after").await;
     let body: serde_json::Value = app
         .client
         .get(format!("{}/readyz", app.url))
