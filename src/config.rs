@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Largest request body accepted by the JSON API.
     #[serde(with = "serde_size")]
     pub max_body: u64,
+    /// How long a request body may take to arrive; slower ones get 408.
+    #[serde(with = "serde_duration")]
+    pub body_timeout: Duration,
     /// How long in-flight work may take to finish after SIGTERM.
     #[serde(with = "serde_duration")]
     pub drain_timeout: Duration,
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 6600)),
             max_body: 1 << 20,
+            body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_events_in_flight: 10_000,
         }

@@ -44,13 +44,7 @@ impl Event {
     }
 
     pub fn is_json(&self) -> bool {
-        let essence = self
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim();
-        essence == "application/json" || essence.ends_with("+json")
+        is_json_content_type(&self.content_type)
     }
 
     /// The payload as JSON if it is JSON, else as base64 text.
@@ -93,6 +87,17 @@ impl Event {
             ..Default::default()
         })
     }
+}
+
+/// Whether a content type is JSON (`application/json`, `…+json`), parameters and case aside.
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
 }
 
 /// Milliseconds since the epoch, now.

@@ -24,7 +24,7 @@ pub const SINK_CALLS: &str = "brunnr_sink_calls_total";
 pub const NORNS: &str = "brunnr_norns";
 /// Live sessions open, by `transport`.
 pub const LIVE_SESSIONS: &str = "brunnr_live_sessions";
-/// Events that matched no subscription's filter, or no subscription.
+/// Events for a key that has no norn.
 pub const EVENTS_UNROUTED: &str = "brunnr_events_unrouted_total";
 /// Failure notices sent to norns' failure URLs, by `outcome`.
 pub const FAILURE_NOTICES: &str = "brunnr_failure_notices_total";

@@ -336,6 +336,30 @@ pub struct ValidNorn {
 }
 
 impl NornRequest {
+    /// A `PUT` of a `GET` answer carries `"****"` for secrets: those keep the stored values.
+    pub fn restore_masked(&mut self, stored: &Destination) {
+        let Some(destination) = self.destination.as_mut() else {
+            return;
+        };
+        match stored {
+            Destination::Http(old) => {
+                if let Some(http) = destination.http.as_mut()
+                    && http.secret.as_deref() == Some(MASK)
+                {
+                    http.secret = old.secret.clone();
+                }
+            }
+            Destination::Sqs(old) => {
+                if let Some(sqs) = destination.sqs.as_mut()
+                    && sqs.secret_access_key.as_deref() == Some(MASK)
+                {
+                    sqs.secret_access_key = old.secret_access_key.clone();
+                }
+            }
+            Destination::Nats(_) => {}
+        }
+    }
+
     pub fn validate(self, rules: &NornRules<'_>, now_ms: i64) -> Result<ValidNorn, NornError> {
         let device_id = self
             .device_id
@@ -550,6 +574,9 @@ pub fn check_subject(subject: &str) -> Result<(), NornError> {
     if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid("must not contain white space"));
     }
+    if subject.starts_with('$') || subject.starts_with("_INBOX.") {
+        return Err(invalid("must not be a system subject ($…, _INBOX.…)"));
+    }
     if subject.split('.').any(|token| token.is_empty()) {
         return Err(invalid(
             "must not have empty tokens (leading, trailing or double dots)",
@@ -710,7 +737,16 @@ mod tests {
             check(serde_json::json!({"sqs": {"queueURL": queue, "delaySeconds": 900}})).is_ok()
         );
         assert!(check(serde_json::json!({"nats": {"subject": "brunnr.events.mac"}})).is_ok());
-        for bad in ["a.*", "a.>", "a..b", ".a", "a b", ""] {
+        for bad in [
+            "a.*",
+            "a.>",
+            "a..b",
+            ".a",
+            "a b",
+            "",
+            "$JS.API.STREAM.DELETE.x",
+            "_INBOX.x",
+        ] {
             assert!(
                 check(serde_json::json!({"nats": {"subject": bad}})).is_err(),
                 "{bad}"
@@ -725,6 +761,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("sinks.nats.url"), "{error}");
+    }
+
+    #[test]
+    fn masked_secrets_keep_the_stored_ones() {
+        let stored = Destination::Http(HttpDestination {
+            url: "https://e.com/".into(),
+            secret: Some("hunter2".into()),
+            failure_url: None,
+            format: HttpFormat::Wrp,
+        });
+        let mut again = request(serde_json::json!({"deviceID": "d", "duration": "1m",
+            "destination": {"http": {"url": "https://e.com/", "secret": "****"}}}));
+        again.restore_masked(&stored);
+        let valid = again
+            .validate(&rules(&AddressPolicy::default()), 0)
+            .unwrap();
+        assert_eq!(valid.destination, stored);
     }
 
     #[test]

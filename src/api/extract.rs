@@ -69,32 +69,41 @@ pub struct ApiJson<T>(pub T);
 
 /// Whether the request says its body is JSON.
 pub fn is_json(content_type: Option<&str>) -> bool {
-    content_type
-        .and_then(|value| value.split(';').next())
-        .map(|essence| {
-            let essence = essence.trim().to_ascii_lowercase();
-            essence == "application/json" || essence.ends_with("+json")
-        })
-        .unwrap_or(false)
+    content_type.is_some_and(crate::event::is_json_content_type)
 }
 
-/// Reads a whole body of at most `limit` bytes.
-pub async fn read_body(body: axum::body::Body, limit: u64) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit as usize)
+/// Reads a whole body of at most `limit` bytes, arriving within `timeout` (so that slow senders
+/// cannot hold ingest slots for long).
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit as usize))
         .await
-        .map_err(|error| {
-            let mut source: Option<&dyn std::error::Error> = Some(&error);
-            while let Some(cause) = source {
-                if cause.is::<http_body_util::LengthLimitError>() {
-                    return ApiError::too_large(limit);
-                }
-                source = cause.source();
-            }
-            ApiError::bad_request(
-                "invalid_body",
-                format!("the body could not be read: {error}"),
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {}",
+                    crate::duration::format_duration(timeout)
+                ),
             )
-        })
+        })?;
+    read.map_err(|error| {
+        let mut source: Option<&dyn std::error::Error> = Some(&error);
+        while let Some(cause) = source {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                return ApiError::too_large(limit);
+            }
+            source = cause.source();
+        }
+        ApiError::bad_request(
+            "invalid_body",
+            format!("the body could not be read: {error}"),
+        )
+    })
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
@@ -110,7 +119,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 "the body must be application/json",
             ));
         }
-        let bytes = read_body(request.into_body(), state.config.server.max_body).await?;
+        let bytes = read_body(
+            request.into_body(),
+            state.config.server.max_body,
+            state.config.server.body_timeout,
+        )
+        .await?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let path = error.path().to_string();

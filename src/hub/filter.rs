@@ -16,6 +16,9 @@ use crate::wrp::WrpMessage;
 
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 
+/// The longest filter accepted, in bytes.
+pub const MAX_LEN: usize = 2048;
+
 /// A compiled filter.
 pub struct Filter {
     program: Program,
@@ -36,8 +39,20 @@ struct FilterInput<'a> {
 }
 
 impl Filter {
-    /// Compiles `source`; it may refer to no variable but `event`.
+    /// Compiles `source`; it may refer to no variable but `event`. Filters run on the ingest path
+    /// for every event of their key, so their cost must stay linear in their length: at most
+    /// [`MAX_LEN`] bytes and no comprehension macros (`all`, `exists`, `exists_one`, `map`,
+    /// `filter`), whose nesting would multiply it.
     pub fn compile(source: &str) -> Result<Filter, String> {
+        if source.len() > MAX_LEN {
+            return Err(format!("a filter may have at most {MAX_LEN} bytes"));
+        }
+        let squeezed: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+        for name in ["all", "exists", "exists_one", "map", "filter"] {
+            if squeezed.contains(&format!(".{name}(")) {
+                return Err(format!("the `{name}` macro is not allowed in filters"));
+            }
+        }
         let program = ENV.compile(source).map_err(|error| error.to_string())?;
         let references = program.references();
         if let Some(unknown) = references
@@ -107,5 +122,8 @@ mod tests {
     fn refuses_bad_expressions() {
         assert!(Filter::compile("event.kind ==").is_err());
         assert!(Filter::compile("other.kind == 'x'").is_err());
+        assert!(Filter::compile("[1,2].all(a, [1,2].all(b, a == b))").is_err());
+        assert!(Filter::compile("event.wrp.partner_ids.exists (p, p == 'x')").is_err());
+        assert!(Filter::compile(&format!("event.kind == '{}'", "x".repeat(MAX_LEN))).is_err());
     }
 }

@@ -135,11 +135,12 @@ impl Hub {
         &self,
         principal: &Principal,
         id: Uuid,
-        request: NornRequest,
+        mut request: NornRequest,
     ) -> Result<Norn, RegistryError> {
         let now = now_ms();
         let _write = self.writes.lock().await;
         let existing = self.visible(principal, id).ok_or(RegistryError::NotFound)?;
+        request.restore_masked(&existing.norn.destination);
         let valid = self.validate(request, now)?;
         Self::check_key(principal, &valid)?;
         if let Some(other) = self.same_pair(&valid)

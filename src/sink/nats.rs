@@ -3,11 +3,12 @@
 //!
 //! Formats: `json`, the event envelope; `kaa-aip`, a Kaa 23/AIP `AutomationInvocation` in Avro
 //! binary (schema `docs/kaa/0023-automation-invocation.avsc`) whose payload is the envelope as
-//! JSON. A batch (what the norn's queue holds, up to 64) is published and then flushed: it counts as
-//! delivered once the server has confirmed it. The client reconnects by itself; while it is
-//! disconnected, publishes wait in its buffer (`sinks.nats.buffer` messages). A batch not confirmed
-//! within the delivery timeout fails (retryable: a retried batch may arrive twice), so the norn's
-//! queue fills and drops are counted as for any sink.
+//! JSON. A batch (what the norn's queue holds, up to 64) is published, then flushed; an event counts
+//! as delivered once it is in the client's buffer, which NATS core cannot confirm further. The
+//! client reconnects by itself; while it is disconnected, publishes wait in its buffer
+//! (`sinks.nats.buffer` messages). A publish that cannot be buffered within the delivery timeout
+//! fails (retryable, for the events not yet buffered only, so none is published twice); then the
+//! norn's queue fills and drops are counted as for any sink.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -99,36 +100,41 @@ impl Sink for NatsSink {
         "nats"
     }
 
-    /// Publishes are cheap; the flush that confirms them is a round trip, so it is shared.
+    /// Publishes are cheap; the flush after them is a round trip, so it is shared.
     fn max_batch(&self) -> usize {
         64
     }
 
     async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), DeliveryError> {
         let client = &self.connection.client;
-        let publish_all = async {
-            for event in batch {
-                let body = encode(event, self.destination.format, &event.key);
-                client
-                    .publish(self.destination.subject.clone(), body.into())
-                    .await
-                    .map_err(|error| error.to_string())?;
-            }
-            // Delivered means the server has them: a publish alone may still sit in the buffer.
-            client.flush().await.map_err(|error| error.to_string())
-        };
-        match tokio::time::timeout(self.connection.timeout, publish_all).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(DeliveryError::Retryable {
-                reason: format!("NATS publish failed: {error}"),
-                retry_after: None,
-            }),
-            Err(_) => Err(DeliveryError::Retryable {
-                reason: "NATS did not confirm the publish in time (unreachable, buffer full?)"
-                    .into(),
-                retry_after: None,
-            }),
+        for (index, event) in batch.iter().enumerate() {
+            let body = encode(event, self.destination.format, &event.key);
+            let publish = client.publish(self.destination.subject.clone(), body.into());
+            let reason = match tokio::time::timeout(self.connection.timeout, publish).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => format!("NATS publish failed: {error}"),
+                Err(_) => "NATS is unreachable and the client's buffer is full".to_owned(),
+            };
+            // What was buffered goes out on reconnect: retry only the rest, never publish twice.
+            return Err(if index == 0 {
+                DeliveryError::Retryable {
+                    reason,
+                    retry_after: None,
+                }
+            } else {
+                DeliveryError::Partial {
+                    retry: (index..batch.len()).collect(),
+                    failed: Vec::new(),
+                    reason,
+                }
+            });
         }
+        // Push the bytes out now rather than on the client's next write (best effort: while
+        // disconnected they wait in the buffer).
+        if self.connection.is_connected() {
+            let _ = tokio::time::timeout(self.connection.timeout, client.flush()).await;
+        }
+        Ok(())
     }
 }
 

@@ -142,29 +142,42 @@ impl Sink for SqsSink {
             while end < batch.len() && entries.len() < MAX_ENTRIES {
                 let event = &batch[end];
                 let body = message_body(event);
-                if body.len() > max_bytes {
+                // SQS counts attributes (name, type and value) towards both limits.
+                let event_id = event.id.to_string();
+                let attributes = [
+                    ("deviceID", event.key.as_str()),
+                    ("eventKind", event.kind.as_str()),
+                    ("eventID", event_id.as_str()),
+                    ("source", event.source),
+                ];
+                let size = body.len()
+                    + attributes
+                        .iter()
+                        .map(|(name, value)| name.len() + "String".len() + value.len())
+                        .sum::<usize>();
+                if size > max_bytes {
                     // Can never be sent: the sender's fault.
                     failed.push(end);
-                    reason = format!(
-                        "a message of {} bytes is over the SQS limit of {max_bytes}",
-                        body.len()
-                    );
+                    reason =
+                        format!("a message of {size} bytes is over the SQS limit of {max_bytes}");
                     end += 1;
                     continue;
                 }
-                if bytes + body.len() > max_bytes && !entries.is_empty() {
+                if bytes + size > max_bytes && !entries.is_empty() {
                     break;
                 }
-                bytes += body.len();
+                bytes += size;
                 entries.push(
                     SendMessageBatchRequestEntry::builder()
                         .id(end.to_string())
                         .message_body(body)
                         .delay_seconds(self.destination.delay_seconds as i32)
-                        .message_attributes("deviceID", attribute(&event.key))
-                        .message_attributes("eventKind", attribute(&event.kind))
-                        .message_attributes("eventID", attribute(&event.id.to_string()))
-                        .message_attributes("source", attribute(event.source))
+                        .set_message_attributes(Some(
+                            attributes
+                                .iter()
+                                .map(|(name, value)| (name.to_string(), attribute(value)))
+                                .collect(),
+                        ))
                         .build()
                         .expect("id and body are set"),
                 );

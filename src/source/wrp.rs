@@ -55,6 +55,18 @@ pub async fn post_events(
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let (parts, body) = request.into_parts();
+    // Who is calling comes first: a caller without credentials learns nothing else.
+    let secret = state.config.sources.wrp.secret.as_deref();
+    if secret.is_none() {
+        let principal =
+            authenticate(&state, &parts).map_err(|error| reject("unauthorized", error))?;
+        if !principal.has_role(Role::Publish) {
+            return Err(reject(
+                "forbidden",
+                ApiError::forbidden(format!("{} lacks the publish role", principal.name)),
+            ));
+        }
+    }
     let encoding = match parts
         .headers
         .get(CONTENT_TYPE)
@@ -77,17 +89,6 @@ pub async fn post_events(
             ));
         }
     };
-    let secret = state.config.sources.wrp.secret.as_deref();
-    if secret.is_none() {
-        let principal =
-            authenticate(&state, &parts).map_err(|error| reject("unauthorized", error))?;
-        if !principal.has_role(Role::Publish) {
-            return Err(reject(
-                "forbidden",
-                ApiError::forbidden(format!("{} lacks the publish role", principal.name)),
-            ));
-        }
-    }
     let _admitted = state.hub.admit().map_err(|busy| {
         reject(
             "busy",
@@ -95,14 +96,16 @@ pub async fn post_events(
         )
     })?;
     let limit = state.config.sources.wrp.max_body;
-    let body = read_body(body, limit).await.map_err(|error| {
-        let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "unreadable"
-        };
-        reject(reason, error)
-    })?;
+    let body = read_body(body, limit, state.config.server.body_timeout)
+        .await
+        .map_err(|error| {
+            let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable"
+            };
+            reject(reason, error)
+        })?;
     if let Some(secret) = secret {
         verify_signature(&parts.headers, secret, &body)
             .map_err(|detail| reject("bad_signature", ApiError::forbidden(detail)))?;
