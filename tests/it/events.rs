@@ -392,3 +392,38 @@ async fn too_many_events_in_flight_get_429() {
     assert_eq!(response.status(), 202, "the slot is free again");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn slow_bodies_time_out_and_credentials_come_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.server.body_timeout = Duration::from_millis(300);
+    let app = spawn_app(config).await;
+    let mut slow = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {PUBLISHER}\r\ncontent-type: application/msgpack\r\ncontent-length: 100\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[0x80; 10]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    // No credentials: 401 before anything about the body is looked at.
+    let response = app
+        .client
+        .post(format!("{}/events", app.url))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    app.stop().await;
+}
