@@ -645,8 +645,16 @@ async fn sink_phases(
         (count, text) = scrape().await?;
     }
     let labels = "sink=\"sqs\"";
+    let calls = metric_value(
+        &text,
+        "brunnr_sink_calls_total",
+        "sink=\"sqs\",outcome=\"ok\"",
+    );
     rows.push((
-        "sqs through brunnr (SendMessageBatch)".to_owned(),
+        format!(
+            "sqs through brunnr ({:.1} per SendMessageBatch)",
+            count / calls.max(1.0)
+        ),
         count / started.elapsed().as_secs_f64(),
         histogram_quantile(&text, "brunnr_delivery_duration_seconds", labels, 0.5),
         histogram_quantile(&text, "brunnr_delivery_duration_seconds", labels, 0.99),
