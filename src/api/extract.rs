@@ -1,4 +1,5 @@
-//! Extractors: the caller's identity ([`Caller`]) and JSON bodies ([`ApiJson`]) whose rejections
+//! Extractors: the caller's identity ([`Subscriber`]), norn ids ([`NornId`]) and JSON bodies
+//! ([`ApiJson`]), whose rejections
 //! use the API's error shape.
 
 use axum::body::Bytes;
@@ -11,26 +12,8 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 
-/// The authenticated caller.
-pub struct Caller(pub Principal);
-
-impl Caller {
-    /// 403 unless the caller has `role`.
-    pub fn require(&self, role: Role) -> Result<&Principal, ApiError> {
-        if self.0.has_role(role) {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::forbidden(format!(
-                "{} lacks the {} role",
-                self.0.name,
-                serde_json::to_value(role)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            )))
-        }
-    }
-}
+/// A caller with the `subscribe` role (admins have every role), checked before any body is read.
+pub struct Subscriber(pub Principal);
 
 /// Reads the request's credentials and authenticates them.
 pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
@@ -53,14 +36,41 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiErr
         })
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl FromRequestParts<AppState> for Subscriber {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(state, parts).map(Caller)
+        let principal = authenticate(state, parts)?;
+        if !principal.has_role(Role::Subscribe) {
+            return Err(ApiError::forbidden(format!(
+                "{} lacks the subscribe role",
+                principal.name
+            )));
+        }
+        Ok(Subscriber(principal))
+    }
+}
+
+/// A norn id from the path; one that is not a UUID is a norn that does not exist (404).
+pub struct NornId(pub uuid::Uuid);
+
+impl FromRequestParts<AppState> for NornId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::not_found())?;
+        uuid::Uuid::parse_str(&id)
+            .map(NornId)
+            .map_err(|_| ApiError::not_found())
     }
 }
 

@@ -1,19 +1,13 @@
 //! `/norns`: durable subscriptions, owned by the principal that made them.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, Caller};
-use crate::auth::Role;
+use super::extract::{ApiJson, NornId, Subscriber};
 use crate::norn::{NornRequest, NornView};
-
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::not_found())
-}
 
 /// Creates a norn, or updates the caller's norn with the same device and destination.
 #[utoipa::path(post, path = "/norns", tag = "norns", request_body = NornRequest,
@@ -23,11 +17,10 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
               (status = 409, description = "Another principal has a norn for this deviceID and destination")))]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Subscriber(principal): Subscriber,
     ApiJson(request): ApiJson<NornRequest>,
 ) -> Result<(StatusCode, Json<NornView>), ApiError> {
-    let principal = caller.require(Role::Subscribe)?;
-    let (norn, created) = state.hub.create_norn(principal, request).await?;
+    let (norn, created) = state.hub.create_norn(&principal, request).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -41,13 +34,12 @@ pub async fn create(
     responses((status = 200, body = Vec<NornView>), (status = 401), (status = 403)))]
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    Subscriber(principal): Subscriber,
 ) -> Result<Json<Vec<NornView>>, ApiError> {
-    let principal = caller.require(Role::Subscribe)?;
     Ok(Json(
         state
             .hub
-            .list_norns(principal)
+            .list_norns(&principal)
             .iter()
             .map(|norn| norn.view())
             .collect(),
@@ -59,13 +51,12 @@ pub async fn list(
     responses((status = 200, body = NornView), (status = 404, description = "No such norn, or not the caller's")))]
 pub async fn get(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    Subscriber(principal): Subscriber,
+    NornId(id): NornId,
 ) -> Result<Json<NornView>, ApiError> {
-    let principal = caller.require(Role::Subscribe)?;
     let norn = state
         .hub
-        .get_norn(principal, parse_id(&id)?)
+        .get_norn(&principal, id)
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(norn.view()))
 }
@@ -75,15 +66,11 @@ pub async fn get(
     responses((status = 200, body = NornView), (status = 400), (status = 404), (status = 409)))]
 pub async fn replace(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    Subscriber(principal): Subscriber,
+    NornId(id): NornId,
     ApiJson(request): ApiJson<NornRequest>,
 ) -> Result<Json<NornView>, ApiError> {
-    let principal = caller.require(Role::Subscribe)?;
-    let norn = state
-        .hub
-        .replace_norn(principal, parse_id(&id)?, request)
-        .await?;
+    let norn = state.hub.replace_norn(&principal, id, request).await?;
     Ok(Json(norn.view()))
 }
 
@@ -92,10 +79,9 @@ pub async fn replace(
     responses((status = 204), (status = 404)))]
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    Subscriber(principal): Subscriber,
+    NornId(id): NornId,
 ) -> Result<StatusCode, ApiError> {
-    let principal = caller.require(Role::Subscribe)?;
-    state.hub.delete_norn(principal, parse_id(&id)?).await?;
+    state.hub.delete_norn(&principal, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,6 +20,9 @@ use super::{DeliveryError, Sink};
 use crate::event::Event;
 use crate::norn::SqsDestination;
 
+/// The most SQS clients kept at once.
+const MAX_CLIENTS: usize = 1024;
+
 /// SQS allows at most 10 entries per `SendMessageBatch`.
 pub const MAX_ENTRIES: usize = 10;
 
@@ -82,12 +85,12 @@ impl SqsClients {
             loader = loader.endpoint_url(endpoint);
         }
         let client = Client::new(&loader.load().await);
-        self.clients
-            .lock()
-            .expect("clients lock")
-            .entry(key)
-            .or_insert(client)
-            .clone()
+        let mut clients = self.clients.lock().expect("clients lock");
+        // Keys come from clients' norns: keep the cache bounded (a cleared one refills on use).
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.entry(key).or_insert(client).clone()
     }
 }
 

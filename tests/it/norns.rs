@@ -135,6 +135,27 @@ async fn credentials_and_roles_are_enforced() {
         .await;
     assert_eq!(status, 403, "{answer}");
     assert_eq!(answer["error"], "forbidden");
+    // Roles and ids are checked before the body is read: 403 and 404, not 415.
+    let publisher_post = app
+        .client
+        .post(format!("{}/norns", app.url))
+        .bearer_auth(PUBLISHER)
+        .header("content-type", "text/plain")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publisher_post.status(), 403);
+    let odd_id = app
+        .client
+        .put(format!("{}/norns/not-a-uuid", app.url))
+        .bearer_auth(ALICE)
+        .header("content-type", "text/plain")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd_id.status(), 404);
     // A publisher may not manage norns; a subscriber may not publish.
     let publisher = app
         .client
