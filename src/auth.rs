@@ -156,6 +156,11 @@ impl Principal {
         self.roles.contains(&Role::Admin)
     }
 
+    /// Whether this principal may see and change what `owner` owns: its own, or anything if admin.
+    pub fn may_manage(&self, owner: &str) -> bool {
+        self.is_admin() || self.name == owner
+    }
+
     /// Admin implies every role.
     pub fn has_role(&self, role: Role) -> bool {
         self.is_admin() || self.roles.contains(&role)

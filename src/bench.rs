@@ -492,14 +492,6 @@ fn histogram_quantile(metrics: &str, name: &str, labels: &str, q: f64) -> String
     }
 }
 
-fn metric_value(metrics: &str, name: &str, labels: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(name) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Posts `events` WRP events from `device` over `connections` keep-alive connections.
 async fn post_all(
     client: reqwest::Client,
@@ -622,7 +614,7 @@ async fn sink_phases(
             .await?
             .text()
             .await?;
-        let count = metric_value(
+        let count = crate::metrics::sum_samples(
             &text,
             "brunnr_deliveries_total",
             "sink=\"sqs\",outcome=\"success\"",
@@ -645,7 +637,7 @@ async fn sink_phases(
         (count, text) = scrape().await?;
     }
     let labels = "sink=\"sqs\"";
-    let calls = metric_value(
+    let calls = crate::metrics::sum_samples(
         &text,
         "brunnr_sink_calls_total",
         "sink=\"sqs\",outcome=\"ok\"",

@@ -31,6 +31,14 @@ pub const FAILURE_NOTICES: &str = "brunnr_failure_notices_total";
 /// API requests answered with an error, by `error` code.
 pub const API_ERRORS: &str = "brunnr_api_errors_total";
 
+/// The sum of a metric's samples in Prometheus text whose labels contain `labels` (0 if none).
+pub fn sum_samples(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The process-wide recorder; installed once, shared by every server in the process (tests run
 /// several).
 pub fn prometheus() -> PrometheusHandle {

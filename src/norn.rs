@@ -600,16 +600,13 @@ pub fn check_url(field: &str, text: &str, policy: &AddressPolicy) -> Result<(), 
             url.scheme()
         )));
     }
-    let refused = |ip: std::net::IpAddr| {
-        NornError::Destination(format!(
+    if url.host().is_none() {
+        return Err(NornError::Destination(format!("{field} has no host")));
+    }
+    if let Some(ip) = policy.refused_literal_host(&url) {
+        return Err(NornError::Destination(format!(
             "{field} points at {ip}, an address destinations may not use (see delivery.allow_private_destinations)"
-        ))
-    };
-    match url.host() {
-        None => return Err(NornError::Destination(format!("{field} has no host"))),
-        Some(url::Host::Ipv4(ip)) if !policy.permits(ip.into()) => return Err(refused(ip.into())),
-        Some(url::Host::Ipv6(ip)) if !policy.permits(ip.into()) => return Err(refused(ip.into())),
-        _ => {}
+        )));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(NornError::Destination(format!(

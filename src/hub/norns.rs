@@ -81,7 +81,7 @@ impl Hub {
     fn visible(&self, principal: &Principal, id: Uuid) -> Option<Arc<Subscription>> {
         self.router
             .get(id)
-            .filter(|s| principal.is_admin() || s.norn.owner == principal.name)
+            .filter(|s| principal.may_manage(&s.norn.owner))
             .filter(|s| !s.norn.is_expired(now_ms()))
     }
 
@@ -201,9 +201,7 @@ impl Hub {
         let now = now_ms();
         let mut norns: Vec<Norn> = self
             .router
-            .all(|s| {
-                (principal.is_admin() || s.norn.owner == principal.name) && !s.norn.is_expired(now)
-            })
+            .all(|s| principal.may_manage(&s.norn.owner) && !s.norn.is_expired(now))
             .into_iter()
             .map(|s| s.norn.clone())
             .collect();

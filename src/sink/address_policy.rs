@@ -27,6 +27,17 @@ impl From<&crate::config::DeliveryConfig> for AddressPolicy {
 }
 
 impl AddressPolicy {
+    /// The refused address a URL's host names literally, if it does. Literal IPs skip DNS, so the
+    /// resolver never sees them: they are checked here, at creation and again before sending.
+    pub fn refused_literal_host(&self, url: &url::Url) -> Option<IpAddr> {
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => IpAddr::V6(ip),
+            url::Host::Domain(_) => return None,
+        };
+        (!self.permits(ip)).then_some(ip)
+    }
+
     pub fn permits(&self, ip: IpAddr) -> bool {
         self.allow_private
             || self.allow_cidrs.iter().any(|net| net.contains(&ip))

@@ -59,15 +59,7 @@ impl WebhookClient {
         let parsed = reqwest::Url::parse(url).map_err(|error| DeliveryError::Permanent {
             reason: format!("invalid URL: {error}"),
         })?;
-        // Literal IPs skip DNS, so the resolver cannot check them.
-        let literal = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && !self.policy.permits(ip)
-        {
+        if let Some(ip) = self.policy.refused_literal_host(&parsed) {
             return Err(DeliveryError::Permanent {
                 reason: format!("{ip} is an address destinations may not use"),
             });

@@ -360,13 +360,9 @@ async fn operations_endpoints() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn too_many_events_in_flight_get_429() {
+/// Starts a `POST /events` whose body never finishes arriving (10 of 100 bytes sent).
+async fn start_slow_event(app: &TestApp) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let mut config = test_config();
-    config.server.max_events_in_flight = 1;
-    let app = spawn_app(config).await;
-    // One event whose body is still arriving holds the only slot.
     let mut slow = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
         .await
         .unwrap();
@@ -375,6 +371,16 @@ async fn too_many_events_in_flight_get_429() {
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&[0x80; 10]).await.unwrap();
+    slow
+}
+
+#[tokio::test]
+async fn too_many_events_in_flight_get_429() {
+    let mut config = test_config();
+    config.server.max_events_in_flight = 1;
+    let app = spawn_app(config).await;
+    // One event whose body is still arriving holds the only slot.
+    let slow = start_slow_event(&app).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let response = app
         .publish(&event("mac:112233445566", "device-status/online", "{}"))
@@ -395,18 +401,11 @@ async fn too_many_events_in_flight_get_429() {
 
 #[tokio::test]
 async fn slow_bodies_time_out_and_credentials_come_first() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let mut config = test_config();
     config.server.body_timeout = Duration::from_millis(300);
     let app = spawn_app(config).await;
-    let mut slow = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {PUBLISHER}\r\ncontent-type: application/msgpack\r\ncontent-length: 100\r\n\r\n"
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&[0x80; 10]).await.unwrap();
+    let mut slow = start_slow_event(&app).await;
     let mut answer = vec![0u8; 1024];
     let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
         .await

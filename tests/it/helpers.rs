@@ -145,13 +145,7 @@ impl TestApp {
 }
 
 /// A metric's value in Prometheus text (0 if absent), matched by name and label text.
-pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-        .filter(|line| line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+pub use brunnr::metrics::sum_samples as metric;
 
 /// A norn body for `device` delivering to `url`.
 pub fn norn_body(device: &str, url: &str) -> serde_json::Value {
