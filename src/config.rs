@@ -170,7 +170,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// Live sessions (WebSocket, SSE). Parsed and checked now; used by the live delivery work.
+/// Live sessions (WebSocket, SSE) and the history they replay from.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LiveConfig {
@@ -200,9 +200,17 @@ impl Default for LiveConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
+    /// Events kept per key (0: no history).
     pub max_events: usize,
+    /// Events older than this are dropped from history.
     #[serde(with = "serde_duration")]
     pub max_age: Duration,
+    /// Memory for history over all keys; past it the oldest events go first.
+    #[serde(with = "serde_size")]
+    pub max_bytes: u64,
+    /// How often history is written to the store; a crash loses at most this much.
+    #[serde(with = "serde_duration")]
+    pub commit_interval: Duration,
 }
 
 impl Default for HistoryConfig {
@@ -210,6 +218,8 @@ impl Default for HistoryConfig {
         Self {
             max_events: 1000,
             max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 256 * 1024 * 1024,
+            commit_interval: Duration::from_millis(100),
         }
     }
 }
@@ -399,6 +409,18 @@ impl Config {
         }
         if self.norns.max_duration.is_zero() {
             return invalid("norns.max_duration", "must be longer than 0s");
+        }
+        if self.live.session_buffer == 0 {
+            return invalid("live.session_buffer", "must be at least 1");
+        }
+        if self.live.heartbeat.is_zero() {
+            return invalid("live.heartbeat", "must be longer than 0s");
+        }
+        if self.live.heartbeat_timeout < self.live.heartbeat {
+            return invalid("live.heartbeat_timeout", "must be at least live.heartbeat");
+        }
+        if self.live.history.commit_interval.is_zero() {
+            return invalid("live.history.commit_interval", "must be longer than 0s");
         }
         if self.sinks.nats.buffer == 0 {
             return invalid("sinks.nats.buffer", "must be at least 1");

@@ -43,6 +43,12 @@ impl Event {
         Uuid::now_v7()
     }
 
+    /// When brunnr took the event in, from its id (UUIDv7 keeps the milliseconds in its top 48
+    /// bits).
+    pub fn id_ms(&self) -> i64 {
+        (self.id.as_u128() >> 80) as i64
+    }
+
     pub fn is_json(&self) -> bool {
         is_json_content_type(&self.content_type)
     }
@@ -98,6 +104,18 @@ pub fn is_json_content_type(content_type: &str) -> bool {
         .trim()
         .to_ascii_lowercase();
     essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Every source's name: [`Event::source`] is one of these.
+pub const SOURCES: [&str; 4] = ["wrp", "notifier", "kaa", "monit"];
+
+/// The static name of a source read back from a store (`unknown` for one this build lacks).
+pub fn source_name(name: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|known| **known == name)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// Milliseconds since the epoch, now.

@@ -4,8 +4,10 @@
 //! # Layout
 //! ```text
 //!  source/ ──► Event ──► hub/ ──► subscriptions ──► sink/
-//!  wrp (POST /events)     router (key → norns)        webhook
-//!                         norns (registry) ◄──► store/ (embedded redb)
+//!  wrp (POST /events)     router (key → norns)        webhook, SQS, NATS
+//!  notifier (/push_events) live (key → sessions) ──►   WebSocket, SSE
+//!                         history ◄──────────────────► store/ (embedded redb)
+//!                         norns (registry) ◄─────────► store/
 //!  api/: the HTTP API over all of it; config, auth, metrics beside.
 //! ```
 //! [`run`] is the one place where the parts are wired together.
@@ -50,61 +52,108 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
 }
 
-/// Runs brunnr on `listener` until `shutdown` completes, then stops accepting, routes and delivers
-/// what is in flight (up to `server.drain_timeout`) and returns.
+/// A brunnr whose store is open and loaded, about to serve.
+pub struct Server {
+    config: Arc<Config>,
+    hub: Arc<Hub>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Opens the store, connects what must be connected and loads norns and history.
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Server, RunError> {
+        let config = Arc::new(config);
+        let store = Arc::new(EmbeddedStore::open(&config.store.path)?);
+        let nats = match config.nats_sink_url() {
+            Some(url) => Some(
+                sink::nats::NatsConnection::connect(
+                    url,
+                    config.sinks.nats.buffer,
+                    config.delivery.timeout,
+                )
+                .await
+                .map_err(|error| RunError::Nats(error.to_string()))?,
+            ),
+            None => None,
+        };
+        let hub = Hub::new(config.clone(), store.clone(), store, nats);
+        let norns = hub.load_norns().await?;
+        let history = hub.load_history().await?;
+        tracing::info!(norns, history, path = %config.store.path.display(), "Store opened.");
+        Ok(Server {
+            config,
+            hub,
+            listener,
+        })
+    }
+
+    /// The hub, for sources that run beside the HTTP API (and tests).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, closes live sessions, delivers
+    /// what is in flight (up to `server.drain_timeout`), saves history and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RunError> {
+        let Server {
+            config,
+            hub,
+            listener,
+        } = self;
+        let stop = CancellationToken::new();
+        let expiry_task = tokio::spawn(hub.clone().run_expiry(stop.clone()));
+        let history_stop = CancellationToken::new();
+        let history_task = tokio::spawn(hub.clone().run_history_writer(history_stop.clone()));
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            hub: hub.clone(),
+            auth: Arc::new(Authenticator::new(config.auth.clone())),
+            config: config.clone(),
+            metrics: crate::metrics::prometheus(),
+            ready: ready.clone(),
+            openapi: Arc::new(api::openapi_json()),
+        };
+        let address = listener.local_addr()?;
+        tracing::info!(%address, auth = state.auth.is_enabled(), "brunnr is listening.");
+        let http_stop = stop.clone();
+        let live = hub.live().clone();
+        axum::serve(listener, api::app(state))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                ready.store(false, Ordering::Relaxed);
+                http_stop.cancel();
+                // Live sessions end now: SSE responses would otherwise hold the server open.
+                live.begin_shutdown();
+                tracing::info!("Shutting down: no new connections.");
+            })
+            .await?;
+
+        stop.cancel();
+        let _ = expiry_task.await;
+        hub.live().close_all(LIVE_GOODBYE).await;
+        if hub.drain(config.server.drain_timeout).await {
+            tracing::info!("Queues drained.");
+        } else {
+            tracing::warn!(timeout = ?config.server.drain_timeout, "Drain timed out; undelivered events were dropped.");
+        }
+        history_stop.cancel();
+        let _ = history_task.await;
+        Ok(())
+    }
+}
+
+/// How long live sessions have to send their close frames at shutdown.
+const LIVE_GOODBYE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs brunnr on `listener` until `shutdown` completes (see [`Server::run`]).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let config = Arc::new(config);
-    let store = Arc::new(EmbeddedStore::open(&config.store.path)?);
-    let nats = match config.nats_sink_url() {
-        Some(url) => Some(
-            sink::nats::NatsConnection::connect(
-                url,
-                config.sinks.nats.buffer,
-                config.delivery.timeout,
-            )
-            .await
-            .map_err(|error| RunError::Nats(error.to_string()))?,
-        ),
-        None => None,
-    };
-    let hub = Hub::new(config.clone(), store, nats);
-    let loaded = hub.load_norns().await?;
-    tracing::info!(norns = loaded, path = %config.store.path.display(), "Store opened.");
-
-    let stop = CancellationToken::new();
-    let expiry_task = tokio::spawn(hub.clone().run_expiry(stop.clone()));
-
-    let ready = Arc::new(AtomicBool::new(true));
-    let state = AppState {
-        hub: hub.clone(),
-        auth: Arc::new(Authenticator::new(config.auth.clone())),
-        config: config.clone(),
-        metrics: crate::metrics::prometheus(),
-        ready: ready.clone(),
-        openapi: Arc::new(api::openapi_json()),
-    };
-    let address = listener.local_addr()?;
-    tracing::info!(%address, auth = state.auth.is_enabled(), "brunnr is listening.");
-    let http_stop = stop.clone();
-    axum::serve(listener, api::app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::Relaxed);
-            http_stop.cancel();
-            tracing::info!("Shutting down: no new connections.");
-        })
-        .await?;
-
-    stop.cancel();
-    let _ = expiry_task.await;
-    if hub.drain(config.server.drain_timeout).await {
-        tracing::info!("Queues drained.");
-    } else {
-        tracing::warn!(timeout = ?config.server.drain_timeout, "Drain timed out; undelivered events were dropped.");
-    }
-    Ok(())
+    Server::start(config, listener).await?.run(shutdown).await
 }

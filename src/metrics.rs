@@ -24,6 +24,23 @@ pub const SINK_CALLS: &str = "brunnr_sink_calls_total";
 pub const NORNS: &str = "brunnr_norns";
 /// Live sessions open, by `transport`.
 pub const LIVE_SESSIONS: &str = "brunnr_live_sessions";
+/// Frames (WebSocket messages, SSE events) sent to live sessions, by `transport`.
+pub const LIVE_FRAMES: &str = "brunnr_live_frames_sent_total";
+/// Live sessions closed because they read slower than events arrived, by `transport`.
+pub const LIVE_SLOW_CLOSES: &str = "brunnr_live_slow_consumer_closes_total";
+/// Events sent to live sessions as replay of what they missed, by `transport`.
+pub const LIVE_REPLAYED: &str = "brunnr_live_replayed_events_total";
+/// Live connections refused, by `reason` (`connections`, `sessions_per_key`, `auth`,
+/// `announcement`, `forbidden`).
+pub const LIVE_REFUSED: &str = "brunnr_live_refused_total";
+/// Live sessions closed for not answering pings, by `transport`.
+pub const LIVE_PONG_TIMEOUTS: &str = "brunnr_live_pong_timeouts_total";
+/// Bytes of history held in memory.
+pub const HISTORY_BYTES: &str = "brunnr_history_bytes";
+/// History commits to the store, by `outcome`.
+pub const HISTORY_COMMITS: &str = "brunnr_history_commits_total";
+/// History events kept in memory only: the store failed or fell too far behind.
+pub const HISTORY_UNSAVED: &str = "brunnr_history_unsaved_total";
 /// Events for a key that has no norn.
 pub const EVENTS_UNROUTED: &str = "brunnr_events_unrouted_total";
 /// Failure notices sent to norns' failure URLs, by `outcome`.
@@ -79,6 +96,20 @@ fn describe() {
     describe_counter!(SINK_CALLS, "Calls sinks made, by sink.");
     describe_gauge!(NORNS, "Norns registered.");
     describe_gauge!(LIVE_SESSIONS, "Live sessions open, by transport.");
+    describe_counter!(LIVE_FRAMES, "Frames sent to live sessions, by transport.");
+    describe_counter!(
+        LIVE_SLOW_CLOSES,
+        "Live sessions closed as slow consumers, by transport."
+    );
+    describe_counter!(LIVE_REPLAYED, "Events replayed to live sessions, by transport.");
+    describe_counter!(LIVE_REFUSED, "Live connections refused, by reason.");
+    describe_counter!(
+        LIVE_PONG_TIMEOUTS,
+        "Live sessions closed for missing pongs, by transport."
+    );
+    describe_gauge!(HISTORY_BYTES, "Bytes of history held in memory.");
+    describe_counter!(HISTORY_COMMITS, "History commits to the store, by outcome.");
+    describe_counter!(HISTORY_UNSAVED, "History events kept in memory only.");
     describe_counter!(EVENTS_UNROUTED, "Events no subscription took.");
     describe_counter!(FAILURE_NOTICES, "Failure notices sent, by outcome.");
     describe_counter!(

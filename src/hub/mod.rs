@@ -11,6 +11,8 @@
 //! then the index, so what the API answered is what survives a restart.
 
 pub mod filter;
+pub mod history;
+pub mod live;
 pub mod norns;
 pub mod router;
 pub mod subscription;
@@ -31,7 +33,8 @@ use crate::sink::nats::{NatsConnection, NatsSink};
 use crate::sink::sqs::{SqsClients, SqsSink};
 use crate::sink::webhook::{WebhookClient, WebhookSink};
 use crate::sink::{DeliveryError, Sink};
-use crate::store::NornStore;
+use crate::store::{HistoryStore, NornStore, StoreError};
+use live::Live;
 use router::Router;
 
 /// What the delivery workers share.
@@ -95,6 +98,17 @@ impl Sink for Unavailable {
     }
 }
 
+/// The event kinds that close a monit inbox.
+pub const INBOX_DONE: &str = "done";
+pub const INBOX_ERROR: &str = "error";
+
+/// How a monit inbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxClose {
+    Done,
+    Error,
+}
+
 /// Too many events are being taken in at once; the source should answer 429.
 #[derive(Debug, thiserror::Error)]
 #[error("the hub is busy; try again")]
@@ -107,6 +121,9 @@ pub struct Hub {
     ingest: Arc<Semaphore>,
     delivery: Arc<DeliveryContext>,
     store: Arc<dyn NornStore>,
+    /// Live sessions and history, by key.
+    live: Arc<Live>,
+    history_store: Arc<dyn HistoryStore>,
     config: Arc<Config>,
     /// Serialises norn writes, so the one-norn-per-(key, destination) rule holds.
     writes: tokio::sync::Mutex<()>,
@@ -116,10 +133,13 @@ impl Hub {
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn NornStore>,
+        history_store: Arc<dyn HistoryStore>,
         nats: Option<NatsConnection>,
     ) -> Arc<Hub> {
         Arc::new(Hub {
             router: Router::default(),
+            live: Arc::new(Live::new(&config.live)),
+            history_store,
             ingest: Arc::new(Semaphore::new(config.server.max_events_in_flight)),
             delivery: Arc::new(DeliveryContext::new(&config, nats)),
             store,
@@ -134,9 +154,73 @@ impl Hub {
         self.ingest.clone().try_acquire_owned().map_err(|_| HubBusy)
     }
 
-    /// Hands `event` to each subscription of its key. Never waits.
+    /// Hands `event` to each subscription of its key (norns and live sessions) and keeps it in
+    /// the key's history. Never waits.
     pub fn publish(&self, event: Event) {
-        self.route(&Arc::new(event));
+        let event = Arc::new(event);
+        self.route(&event);
+        self.live.publish(&event.key, std::slice::from_ref(&event));
+    }
+
+    /// Publishes several events; those of one key reach its live sessions as one batch (one
+    /// notifier frame per push), in order.
+    pub fn publish_all(&self, events: Vec<Event>) {
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        let mut keys: Vec<&str> = Vec::new();
+        for event in &events {
+            self.route(event);
+            if !keys.contains(&event.key.as_str()) {
+                keys.push(&event.key);
+            }
+        }
+        for key in keys {
+            let batch: Vec<Arc<Event>> = events
+                .iter()
+                .filter(|event| event.key == key)
+                .cloned()
+                .collect();
+            self.live.publish(key, &batch);
+        }
+    }
+
+    /// Closes a monit inbox: its SSE sessions get `event: done` (or `error`) and end. Sessions
+    /// that connect later with an older `Last-Event-ID` replay up to the close and end too.
+    pub fn close_inbox(&self, inbox: &str, outcome: InboxClose) {
+        let kind = match outcome {
+            InboxClose::Done => INBOX_DONE,
+            InboxClose::Error => INBOX_ERROR,
+        };
+        self.publish(Event {
+            id: Event::new_id(),
+            key: inbox.to_owned(),
+            kind: kind.to_owned(),
+            source: "monit",
+            time_ms: crate::event::now_ms(),
+            content_type: "application/json".into(),
+            payload: bytes::Bytes::from(
+                serde_json::to_vec(&serde_json::json!({ "stream": inbox }))
+                    .expect("JSON always encodes"),
+            ),
+            wrp: None,
+        });
+    }
+
+    /// Live sessions and history.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Loads the stored history; call once at start-up, before anything is published.
+    pub async fn load_history(&self) -> Result<usize, StoreError> {
+        self.live.load(self.history_store.as_ref()).await
+    }
+
+    /// Commits history to the store every `live.history.commit_interval` until `stop`.
+    pub async fn run_history_writer(self: Arc<Self>, stop: CancellationToken) {
+        self.live
+            .clone()
+            .run_writer(self.history_store.clone(), stop)
+            .await;
     }
 
     fn route(&self, event: &Arc<Event>) {

@@ -1,8 +1,10 @@
-//! The embedded norn store: a redb database (`norns.redb`) in the data directory.
+//! The embedded store: a redb database (`norns.redb`) in the data directory, holding norns and
+//! the live history.
 //!
 //! redb is pure Rust, ACID and crash-safe: every committed write transaction is fsynced, so a norn
-//! is answered 201 only once it would survive `kill -9`. Norns are stored as JSON by id. redb's API
-//! is blocking, so each call runs on tokio's blocking pool.
+//! is answered 201 only once it would survive `kill -9`. Norns are stored as JSON by id; history
+//! events as msgpack by id (UUIDv7 as a u128 sorts by time). redb's API is blocking, so each call
+//! runs on tokio's blocking pool.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,10 +13,12 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use super::{NornStore, StoreError};
+use super::{HistoryStore, NornStore, StoreError};
+use crate::event::Event;
 use crate::norn::Norn;
 
 const NORNS: TableDefinition<u128, &[u8]> = TableDefinition::new("norns");
+const HISTORY: TableDefinition<u128, &[u8]> = TableDefinition::new("history");
 
 /// Norns in a redb file.
 #[derive(Clone)]
@@ -38,6 +42,7 @@ impl EmbeddedStore {
         })?;
         let write = db.begin_write().map_err(backend)?;
         write.open_table(NORNS).map_err(backend)?;
+        write.open_table(HISTORY).map_err(backend)?;
         write.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -115,6 +120,62 @@ impl NornStore for EmbeddedStore {
                 );
             }
             Ok(norns)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl HistoryStore for EmbeddedStore {
+    async fn commit(
+        &self,
+        appended: Vec<Arc<Event>>,
+        evicted: Vec<Uuid>,
+    ) -> Result<(), StoreError> {
+        // Encoding happens here, off the ingest path.
+        let rows: Vec<(u128, Vec<u8>)> = appended
+            .iter()
+            .map(|event| (event.id.as_u128(), super::encode_event(event)))
+            .collect();
+        self.blocking(move |db| {
+            let write = db.begin_write().map_err(backend)?;
+            {
+                let mut table = write.open_table(HISTORY).map_err(backend)?;
+                for (id, bytes) in &rows {
+                    table.insert(*id, bytes.as_slice()).map_err(backend)?;
+                }
+                for id in evicted {
+                    table.remove(id.as_u128()).map_err(backend)?;
+                }
+            }
+            write.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn load(&self, since_ms: i64) -> Result<Vec<Event>, StoreError> {
+        self.blocking(move |db| {
+            // UUIDv7 keeps the milliseconds in its top 48 bits.
+            let first_kept = (since_ms.max(0) as u128) << 80;
+            let write = db.begin_write().map_err(backend)?;
+            let mut events = Vec::new();
+            {
+                let mut table = write.open_table(HISTORY).map_err(backend)?;
+                table
+                    .retain_in(..first_kept, |_, _| false)
+                    .map_err(backend)?;
+                for entry in table.iter().map_err(backend)? {
+                    let (id, value) = entry.map_err(backend)?;
+                    let id = Uuid::from_u128(id.value());
+                    match super::decode_event(id, value.value()) {
+                        Ok(event) => events.push(event),
+                        // One bad row must not cost the rest of the history.
+                        Err(error) => tracing::warn!(%error, "Skipping a stored history event."),
+                    }
+                }
+            }
+            write.commit().map_err(backend)?;
+            Ok(events)
         })
         .await
     }

@@ -1,0 +1,566 @@
+//! Live sessions (WebSocket, SSE) by key, and each key's history.
+//!
+//! ```text
+//! publish ──► shard(key) lock ──► history.push ──► try_send to each session's bounded channel
+//!                                                       └─ full: the session is closed as a slow consumer
+//! open    ──► shard(key) lock ──► register the session ──► snapshot the replay
+//! ```
+//! Publishing and opening take the same per-key lock, so an event is either in a new session's
+//! replay or on its channel, never both and never neither. Nothing under the lock waits: sessions
+//! write to their sockets from their own tasks. Keys are spread over shards so that publishers of
+//! different keys rarely meet on a lock.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::history::{
+    AGE_SWEEP, HistoryLimits, KeyHistory, PendingWrites, Replay, event_size,
+};
+use crate::config::LiveConfig;
+use crate::event::{Event, now_ms};
+use crate::metrics as m;
+use crate::store::{HistoryStore, StoreError};
+
+const SHARDS: usize = 32;
+
+/// What a session receives: the events of one publish for one key (a notifier push of several
+/// events for one user is one batch, and one WebSocket frame).
+pub type LiveBatch = Arc<[Arc<Event>]>;
+
+/// Why a session was closed by brunnr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// `POST /drop_user`.
+    Dropped = 1,
+    /// Its buffer filled: it reads slower than events arrive.
+    SlowConsumer = 2,
+    /// brunnr is shutting down.
+    Shutdown = 3,
+}
+
+impl CloseReason {
+    fn from_u8(value: u8) -> Option<CloseReason> {
+        match value {
+            1 => Some(CloseReason::Dropped),
+            2 => Some(CloseReason::SlowConsumer),
+            3 => Some(CloseReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// A session's close signal: set once, by whoever closes it first.
+#[derive(Default)]
+pub struct SessionControl {
+    reason: AtomicU8,
+    notify: Notify,
+}
+
+impl SessionControl {
+    pub fn close(&self, reason: CloseReason) {
+        if self
+            .reason
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Waits until the session is closed.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            // `notify_one` leaves a permit when nobody waits, so a close between the check and
+            // this wait is not missed.
+            self.notify.notified().await;
+        }
+    }
+}
+
+struct SessionTx {
+    id: u64,
+    tx: mpsc::Sender<LiveBatch>,
+    control: Arc<SessionControl>,
+}
+
+#[derive(Default)]
+struct KeyState {
+    history: KeyHistory,
+    sessions: Vec<SessionTx>,
+}
+
+#[derive(Default)]
+struct Shard {
+    keys: HashMap<String, KeyState>,
+    /// What this shard's history holds, by [`event_size`].
+    bytes: usize,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{key} already has {limit} live sessions (live.max_sessions_per_key)")]
+    TooManySessions { key: String, limit: usize },
+}
+
+/// The whole server has `live.max_connections` live connections.
+#[derive(Debug, thiserror::Error)]
+#[error("too many live connections (live.max_connections)")]
+pub struct TooManyConnections;
+
+/// Live sessions and history for every key.
+pub struct Live {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    config: LiveConfig,
+    limits: HistoryLimits,
+    connections: Arc<Semaphore>,
+    next_session: AtomicU64,
+    bytes: AtomicUsize,
+    pending: Mutex<PendingWrites>,
+    shutdown: CancellationToken,
+    /// Session tasks, so shutdown can wait for their close frames.
+    tracker: TaskTracker,
+}
+
+impl Live {
+    pub fn new(config: &LiveConfig) -> Live {
+        Live {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            limits: HistoryLimits::from(&config.history),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config: config.clone(),
+            next_session: AtomicU64::new(1),
+            bytes: AtomicUsize::new(0),
+            pending: Mutex::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    pub fn config(&self) -> &LiveConfig {
+        &self.config
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    fn shard_budget(&self) -> usize {
+        (self.config.history.max_bytes as usize / SHARDS).max(1)
+    }
+
+    /// Keeps `events` (all of one key) in history and hands them, as one batch, to the key's
+    /// sessions. Never waits: a session whose channel is full is closed as a slow consumer.
+    pub fn publish(&self, key: &str, events: &[Arc<Event>]) {
+        let now = now_ms();
+        let mut shard = self.shard(key).lock().expect("a live shard lock is never poisoned");
+        let shard = &mut *shard;
+        if !shard.keys.contains_key(key) {
+            if self.limits.max_events == 0 {
+                return; // No history and nobody listening.
+            }
+            shard.keys.insert(key.to_owned(), KeyState::default());
+        }
+        let state = shard.keys.get_mut(key).expect("inserted above");
+        let mut pending = PendingDelta::default();
+        for event in events {
+            if self.limits.max_events > 0 {
+                pending.added(event);
+                state
+                    .history
+                    .push(event.clone(), self.limits, now, &mut |old| pending.evicted(&old));
+            }
+        }
+        if !state.sessions.is_empty() {
+            let batch: LiveBatch = events.into();
+            state.sessions.retain(|session| match session.tx.try_send(batch.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    session.control.close(CloseReason::SlowConsumer);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+        if state.history.is_empty() && state.sessions.is_empty() {
+            shard.keys.remove(key);
+        }
+        shard.bytes = (shard.bytes + pending.added_bytes).saturating_sub(pending.evicted_bytes);
+        if shard.bytes > self.shard_budget() {
+            self.evict_oldest(shard, &mut pending);
+        }
+        self.commit_delta(pending);
+    }
+
+    /// Evicts the shard's oldest events until it holds 90 % of its budget.
+    fn evict_oldest(&self, shard: &mut Shard, pending: &mut PendingDelta) {
+        let target = self.shard_budget() / 10 * 9;
+        let mut oldest: BinaryHeap<std::cmp::Reverse<(Uuid, String)>> = shard
+            .keys
+            .iter()
+            .filter_map(|(key, state)| {
+                Some(std::cmp::Reverse((state.history.oldest()?.id, key.clone())))
+            })
+            .collect();
+        let mut freed = 0;
+        while shard.bytes.saturating_sub(freed) > target {
+            let Some(std::cmp::Reverse((_, key))) = oldest.pop() else {
+                break;
+            };
+            let state = shard.keys.get_mut(&key).expect("collected from the map");
+            if let Some(event) = state.history.pop_oldest() {
+                freed += event_size(&event);
+                pending.evicted(&event);
+            }
+            match state.history.oldest() {
+                Some(next) => oldest.push(std::cmp::Reverse((next.id, key))),
+                None if state.sessions.is_empty() => {
+                    shard.keys.remove(&key);
+                }
+                None => {}
+            }
+        }
+        shard.bytes = shard.bytes.saturating_sub(freed);
+        pending.evicted_bytes += freed;
+    }
+
+    fn commit_delta(&self, delta: PendingDelta) {
+        if delta.appended.is_empty() && delta.evicted.is_empty() {
+            return;
+        }
+        let change = delta.added_bytes as isize - delta.evicted_bytes as isize;
+        let total = if change >= 0 {
+            self.bytes.fetch_add(change as usize, Ordering::Relaxed) + change as usize
+        } else {
+            self.bytes
+                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed)
+                .saturating_sub(change.unsigned_abs())
+        };
+        metrics::gauge!(m::HISTORY_BYTES).set(total as f64);
+        let mut pending = self.pending.lock().expect("never poisoned");
+        let room = PendingWrites::MAX_APPENDED.saturating_sub(pending.appended.len());
+        if delta.appended.len() > room {
+            metrics::counter!(m::HISTORY_UNSAVED).increment((delta.appended.len() - room) as u64);
+        }
+        pending
+            .appended
+            .extend(delta.appended.into_iter().take(room));
+        pending.evicted.extend(delta.evicted);
+    }
+
+    /// Reserves one of `live.max_connections`; hold it for the connection's life.
+    pub fn reserve_connection(&self) -> Result<OwnedSemaphorePermit, TooManyConnections> {
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| TooManyConnections)
+    }
+
+    /// Opens a session on `keys`, with what it missed since `replay` (oldest first).
+    pub fn open(
+        self: &Arc<Self>,
+        keys: Vec<String>,
+        replay: &Replay,
+        transport: &'static str,
+        connection: OwnedSemaphorePermit,
+    ) -> Result<LiveSession, OpenError> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.config.session_buffer);
+        let control = Arc::new(SessionControl::default());
+        let mut missed = Vec::new();
+        let now = now_ms();
+        for (index, key) in keys.iter().enumerate() {
+            let mut shard = self.shard(key).lock().expect("never poisoned");
+            let state = shard.keys.entry(key.clone()).or_default();
+            if state.sessions.len() >= self.config.max_sessions_per_key {
+                let remove_empty = state.history.is_empty() && state.sessions.is_empty();
+                if remove_empty {
+                    shard.keys.remove(key);
+                }
+                drop(shard);
+                self.unregister(id, &keys[..index]);
+                return Err(OpenError::TooManySessions {
+                    key: key.clone(),
+                    limit: self.config.max_sessions_per_key,
+                });
+            }
+            state.sessions.push(SessionTx {
+                id,
+                tx: tx.clone(),
+                control: control.clone(),
+            });
+            // Events past max_age that no new event has swept out yet are not replayed.
+            let oldest_kept = now.saturating_sub(self.limits.max_age_ms);
+            state.history.replay(replay, oldest_kept, &mut missed);
+        }
+        if keys.len() > 1 {
+            missed.sort_by_key(|event| event.id);
+        }
+        metrics::gauge!(m::LIVE_SESSIONS, "transport" => transport).increment(1.0);
+        Ok(LiveSession {
+            id,
+            keys,
+            missed,
+            rx,
+            control,
+            transport,
+            live: self.clone(),
+            _connection: connection,
+        })
+    }
+
+    fn unregister(&self, id: u64, keys: &[String]) {
+        for key in keys {
+            let mut shard = self.shard(key).lock().expect("never poisoned");
+            if let Some(state) = shard.keys.get_mut(key) {
+                state.sessions.retain(|session| session.id != id);
+                if state.sessions.is_empty() && state.history.is_empty() {
+                    shard.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Closes every session of `key` (`POST /drop_user`); returns how many there were.
+    pub fn drop_key(&self, key: &str) -> usize {
+        let mut shard = self.shard(key).lock().expect("never poisoned");
+        let Some(state) = shard.keys.get_mut(key) else {
+            return 0;
+        };
+        let sessions = std::mem::take(&mut state.sessions);
+        for session in &sessions {
+            session.control.close(CloseReason::Dropped);
+        }
+        if state.history.is_empty() {
+            shard.keys.remove(key);
+        }
+        sessions.len()
+    }
+
+    /// Keys with live sessions and how many each has, sorted by key.
+    pub fn clients(&self) -> Vec<(String, usize)> {
+        let mut clients: Vec<(String, usize)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().expect("never poisoned");
+                shard
+                    .keys
+                    .iter()
+                    .filter(|(_, state)| !state.sessions.is_empty())
+                    .map(|(key, state)| (key.clone(), state.sessions.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        clients.sort();
+        clients
+    }
+
+    /// Runs `session` as a tracked task, so that shutdown waits for it to say goodbye.
+    pub fn spawn_session(&self, session: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(session);
+    }
+
+    /// Tells every session to close (WebSocket 1001, SSE responses end); new ones close at once.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Closes every session and waits, at most `deadline`, for their tasks to finish.
+    pub async fn close_all(&self, deadline: std::time::Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
+    }
+
+    /// Loads stored history (at start-up, before anything is published).
+    pub async fn load(&self, store: &dyn HistoryStore) -> Result<usize, StoreError> {
+        let since = now_ms().saturating_sub(self.limits.max_age_ms);
+        let events = store.load(since).await?;
+        let count = events.len();
+        let mut evicted = Vec::new();
+        for event in events {
+            let key = event.key.clone();
+            let event = Arc::new(event);
+            let mut shard = self.shard(&key).lock().expect("never poisoned");
+            let shard = &mut *shard;
+            let state = shard.keys.entry(key).or_default();
+            let mut freed = 0;
+            state
+                .history
+                .push(event.clone(), self.limits, now_ms(), &mut |old| {
+                    freed += event_size(&old);
+                    evicted.push(old.id);
+                });
+            let added = if state.history.is_empty() {
+                0
+            } else {
+                event_size(&event)
+            };
+            shard.bytes = (shard.bytes + added).saturating_sub(freed);
+            // Only events added before are evicted, so adding first never goes below zero.
+            self.bytes.fetch_add(added, Ordering::Relaxed);
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+        if !evicted.is_empty() {
+            // Rows the limits (perhaps lowered since) no longer keep.
+            store.commit(Vec::new(), evicted).await?;
+        }
+        Ok(count)
+    }
+
+    /// Commits history changes every `commit_interval` until `stop`, then once more.
+    pub async fn run_writer(self: Arc<Self>, store: Arc<dyn HistoryStore>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.history.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = tokio::time::Instant::now();
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            };
+            if last_sweep.elapsed() >= AGE_SWEEP {
+                self.sweep_aged();
+                last_sweep = tokio::time::Instant::now();
+            }
+            self.flush(store.as_ref()).await;
+            if stopping {
+                break;
+            }
+        }
+    }
+
+    /// Writes what is pending to the store in one commit.
+    pub async fn flush(&self, store: &dyn HistoryStore) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("never poisoned"));
+        if pending.is_empty() {
+            return;
+        }
+        let count = pending.appended.len() as u64;
+        match store.commit(pending.appended, pending.evicted).await {
+            Ok(()) => metrics::counter!(m::HISTORY_COMMITS, "outcome" => "ok").increment(1),
+            Err(error) => {
+                metrics::counter!(m::HISTORY_COMMITS, "outcome" => "error").increment(1);
+                metrics::counter!(m::HISTORY_UNSAVED).increment(count);
+                tracing::error!(%error, events = count, "History could not be saved; it stays in memory.");
+            }
+        }
+    }
+
+    /// Drops events past `max_age` from keys that received nothing new.
+    fn sweep_aged(&self) {
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            let mut delta = PendingDelta::default();
+            {
+                let mut shard = shard.lock().expect("never poisoned");
+                let shard = &mut *shard;
+                shard.keys.retain(|_, state| {
+                    state
+                        .history
+                        .trim(self.limits, now, &mut |old| delta.evicted(&old));
+                    !(state.history.is_empty() && state.sessions.is_empty())
+                });
+                shard.bytes = shard.bytes.saturating_sub(delta.evicted_bytes);
+            }
+            self.commit_delta(delta);
+        }
+    }
+}
+
+/// What one publish changed in history.
+#[derive(Default)]
+struct PendingDelta {
+    appended: Vec<Arc<Event>>,
+    evicted: Vec<Uuid>,
+    added_bytes: usize,
+    evicted_bytes: usize,
+}
+
+impl PendingDelta {
+    fn added(&mut self, event: &Arc<Event>) {
+        self.added_bytes += event_size(event);
+        self.appended.push(event.clone());
+    }
+
+    fn evicted(&mut self, event: &Event) {
+        self.evicted_bytes += event_size(event);
+        self.evicted.push(event.id);
+    }
+}
+
+/// What a session's transport reads: the replay, then batches, until it is closed.
+pub struct LiveSession {
+    id: u64,
+    keys: Vec<String>,
+    /// What the session missed, oldest first; the transport sends it before anything else.
+    pub missed: Vec<Arc<Event>>,
+    rx: mpsc::Receiver<LiveBatch>,
+    control: Arc<SessionControl>,
+    transport: &'static str,
+    live: Arc<Live>,
+    _connection: OwnedSemaphorePermit,
+}
+
+/// What happened next to a session.
+pub enum SessionEvent {
+    Batch(LiveBatch),
+    Closed(CloseReason),
+}
+
+impl LiveSession {
+    /// The next batch, or why the session was closed. Closing wins over queued batches.
+    pub async fn next(&mut self) -> SessionEvent {
+        tokio::select! {
+            biased;
+            reason = self.control.closed() => SessionEvent::Closed(reason),
+            _ = self.live.shutdown.cancelled() => SessionEvent::Closed(CloseReason::Shutdown),
+            batch = self.rx.recv() => match batch {
+                Some(batch) => SessionEvent::Batch(batch),
+                // Every sender is gone only when the session was taken off its keys.
+                None => SessionEvent::Closed(CloseReason::Dropped),
+            },
+        }
+    }
+
+    /// Resolves when the session is closed (to abandon a write to a consumer that stopped
+    /// reading).
+    pub async fn closed(&self) -> CloseReason {
+        tokio::select! {
+            reason = self.control.closed() => reason,
+            _ = self.live.shutdown.cancelled() => CloseReason::Shutdown,
+        }
+    }
+
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.live.unregister(self.id, &self.keys);
+        metrics::gauge!(m::LIVE_SESSIONS, "transport" => self.transport).decrement(1.0);
+    }
+}
