@@ -26,6 +26,14 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publish => "publish",
+            Role::Subscribe => "subscribe",
+            Role::Admin => "admin",
+        }
+    }
+
     fn parse(name: &str) -> Option<Role> {
         match name {
             "publish" => Some(Role::Publish),

@@ -95,3 +95,9 @@ impl From<RegistryError> for ApiError {
         }
     }
 }
+
+impl From<crate::hub::HubBusy> for ApiError {
+    fn from(busy: crate::hub::HubBusy) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", busy.to_string())
+    }
+}

@@ -1,10 +1,11 @@
-//! Extractors: the caller's identity ([`Subscriber`]), norn ids ([`NornId`]) and JSON bodies
+//! Extractors: the caller's identity ([`Subscriber`], [`Publisher`], [`Admin`]), norn ids ([`NornId`]) and JSON bodies
 //! ([`ApiJson`]), whose rejections
 //! use the API's error shape.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -15,16 +16,29 @@ use crate::auth::{AuthError, Authenticator, Principal, Role};
 /// A caller with the `subscribe` role (admins have every role), checked before any body is read.
 pub struct Subscriber(pub Principal);
 
+/// A caller with the `publish` role.
+pub struct Publisher(pub Principal);
+
+/// A caller with the `admin` role.
+pub struct Admin(pub Principal);
+
 /// Reads the request's credentials and authenticates them.
 pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
-    };
-    let credentials =
-        Authenticator::credentials(header(AUTHORIZATION.as_str()), header("x-auth-token"));
+    authenticate_or_token(state, &parts.headers, None)
+}
+
+/// Authenticates the request's headers or, when they carry no credentials, `token` (a `?token=`
+/// query parameter: browsers cannot set headers on an `EventSource` or a WebSocket).
+pub fn authenticate_or_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let credentials = Authenticator::credentials(
+        header(AUTHORIZATION.as_str()),
+        header("x-auth-token").or(token),
+    );
     state
         .auth
         .authenticate(credentials)
@@ -36,23 +50,37 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiErr
         })
 }
 
-impl FromRequestParts<AppState> for Subscriber {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let principal = authenticate(state, parts)?;
-        if !principal.has_role(Role::Subscribe) {
-            return Err(ApiError::forbidden(format!(
-                "{} lacks the subscribe role",
-                principal.name
-            )));
-        }
-        Ok(Subscriber(principal))
+/// The caller, if it has `role`.
+pub fn require_role(principal: Principal, role: Role) -> Result<Principal, ApiError> {
+    if principal.has_role(role) {
+        Ok(principal)
+    } else {
+        Err(ApiError::forbidden(format!(
+            "{} lacks the {} role",
+            principal.name,
+            role.as_str()
+        )))
     }
 }
+
+macro_rules! role_extractor {
+    ($name:ident, $role:expr) => {
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Self::Rejection> {
+                require_role(authenticate(state, parts)?, $role).map($name)
+            }
+        }
+    };
+}
+
+role_extractor!(Subscriber, Role::Subscribe);
+role_extractor!(Publisher, Role::Publish);
+role_extractor!(Admin, Role::Admin);
 
 /// A norn id from the path; one that is not a UUID is a norn that does not exist (404).
 pub struct NornId(pub uuid::Uuid);

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod norns;
 pub mod ops;
 
@@ -44,7 +45,12 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(norns::create, norns::list))
         .routes(routes!(norns::get, norns::replace, norns::delete))
-        .routes(routes!(crate::source::wrp::post_events))
+        .routes(routes!(crate::source::wrp::post_events, live::monit_events))
+        .routes(routes!(crate::source::notifier::push_events))
+        .routes(routes!(crate::source::notifier::drop_user))
+        .routes(routes!(live::subscribe_to_events))
+        .routes(routes!(live::stream))
+        .routes(routes!(live::clients))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

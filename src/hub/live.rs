@@ -373,9 +373,9 @@ impl Live {
         clients
     }
 
-    /// Runs `session` as a tracked task, so that shutdown waits for it to say goodbye.
-    pub fn spawn_session(&self, session: impl Future<Output = ()> + Send + 'static) {
-        self.tracker.spawn(session);
+    /// `session`, tracked so that shutdown waits for it to say goodbye.
+    pub fn track<F: Future<Output = ()>>(&self, session: F) -> impl Future<Output = ()> + use<F> {
+        self.tracker.track_future(session)
     }
 
     /// Tells every session to close (WebSocket 1001, SSE responses end); new ones close at once.

@@ -2,11 +2,17 @@
 //!
 //! A sink delivers one batch for one subscription and says how it went; the hub's per-subscription
 //! worker owns the loop, the retries and the metrics. Sinks never queue on their own.
+//!
+//! Live sessions are sinks of another shape: `websocket` and `sse` write a session's events to
+//! its connection from the session's own task, as they come (no retries: a session that falls
+//! behind is closed and replays when it comes back).
 
 pub mod address_policy;
 pub mod nats;
 pub mod sqs;
+pub mod sse;
 pub mod webhook;
+pub mod websocket;
 
 use std::time::Duration;
 

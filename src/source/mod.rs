@@ -4,4 +4,5 @@
 //!
 //! [`Event`]: crate::event::Event
 
+pub mod notifier;
 pub mod wrp;

@@ -89,12 +89,10 @@ pub async fn post_events(
             ));
         }
     };
-    let _admitted = state.hub.admit().map_err(|busy| {
-        reject(
-            "busy",
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", busy.to_string()),
-        )
-    })?;
+    let _admitted = state
+        .hub
+        .admit()
+        .map_err(|busy| reject("busy", busy.into()))?;
     let limit = state.config.sources.wrp.max_body;
     let body = read_body(body, limit, state.config.server.body_timeout)
         .await

@@ -1,0 +1,192 @@
+//! WebSocket sessions: writes a live session's replay and batches to one socket, pings it, and
+//! closes it with a code that says why.
+//!
+//! One task per session (this function); the hub only `try_send`s to the session's bounded
+//! channel. Close codes: 1000 "close" (`/drop_user`), 1001 (shutdown, or no pong within
+//! `live.heartbeat_timeout`), 1013 "slow consumer" (its buffer filled).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::event::Event;
+use crate::hub::live::{CloseReason, LiveSession, SessionEvent};
+use crate::metrics as m;
+
+const TRANSPORT: &str = "websocket";
+/// How long a closing session may take to send its close frame and hear the answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How events are framed.
+#[derive(Debug, Clone, Copy)]
+pub enum WsFormat {
+    /// notifier: one text frame per batch, a JSON array of `{accessid, created_at, payload}`.
+    Notifier,
+    /// `/v1/stream`: one text frame per event, its JSON envelope.
+    Envelope,
+}
+
+/// An event as the notifier sent it.
+#[derive(Serialize)]
+struct NotifierEvent<'a> {
+    accessid: &'a str,
+    created_at: i64,
+    /// Text stays text; JSON stays JSON; other bytes are base64.
+    payload: serde_json::Value,
+}
+
+fn notifier_event(event: &Event) -> NotifierEvent<'_> {
+    let payload = match std::str::from_utf8(&event.payload) {
+        Ok(text) if !event.is_json() => serde_json::Value::String(text.to_owned()),
+        _ => event.payload_value(),
+    };
+    NotifierEvent {
+        accessid: &event.key,
+        created_at: event.time_ms,
+        payload,
+    }
+}
+
+impl WsFormat {
+    fn frames(self, events: &[Arc<Event>]) -> Vec<Message> {
+        match self {
+            WsFormat::Notifier => {
+                let batch: Vec<NotifierEvent> = events.iter().map(|e| notifier_event(e)).collect();
+                vec![text_frame(&batch)]
+            }
+            WsFormat::Envelope => events.iter().map(|e| text_frame(&e.envelope())).collect(),
+        }
+    }
+}
+
+fn text_frame(value: &impl Serialize) -> Message {
+    Message::Text(
+        serde_json::to_string(value)
+            .expect("frames always encode")
+            .into(),
+    )
+}
+
+/// Heartbeat timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+enum Stop {
+    /// brunnr closes: send a close frame.
+    Close(u16, &'static str),
+    /// The peer is gone or broke the protocol: nothing more to send.
+    Gone,
+}
+
+fn close_for(reason: CloseReason) -> Stop {
+    match reason {
+        CloseReason::Dropped => Stop::Close(close_code::NORMAL, "close"),
+        CloseReason::SlowConsumer => {
+            metrics::counter!(m::LIVE_SLOW_CLOSES, "transport" => TRANSPORT).increment(1);
+            Stop::Close(close_code::AGAIN, "slow consumer")
+        }
+        CloseReason::Shutdown => Stop::Close(close_code::AWAY, "server shutting down"),
+    }
+}
+
+/// Runs a session on `socket` until it ends.
+pub async fn run(
+    mut socket: WebSocket,
+    mut session: LiveSession,
+    format: WsFormat,
+    heartbeat: Heartbeat,
+) {
+    let stop = serve(&mut socket, &mut session, format, heartbeat).await;
+    if let Stop::Close(code, reason) = stop {
+        close(&mut socket, code, reason).await;
+    }
+}
+
+async fn serve(
+    socket: &mut WebSocket,
+    session: &mut LiveSession,
+    format: WsFormat,
+    heartbeat: Heartbeat,
+) -> Stop {
+    let missed = std::mem::take(&mut session.missed);
+    if !missed.is_empty() {
+        metrics::counter!(m::LIVE_REPLAYED, "transport" => TRANSPORT)
+            .increment(missed.len() as u64);
+        if let Err(stop) = send_all(socket, session, format.frames(&missed)).await {
+            return stop;
+        }
+    }
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat.interval, heartbeat.interval);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            next = session.next() => match next {
+                SessionEvent::Batch(batch) => {
+                    if let Err(stop) = send_all(socket, session, format.frames(&batch)).await {
+                        return stop;
+                    }
+                }
+                SessionEvent::Closed(reason) => return close_for(reason),
+            },
+            message = socket.recv() => match message {
+                // Pongs, and anything else the client says, show it is alive.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Stop::Gone,
+                Some(Ok(_)) => last_heard = Instant::now(),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > heartbeat.timeout {
+                    metrics::counter!(m::LIVE_PONG_TIMEOUTS, "transport" => TRANSPORT).increment(1);
+                    return Stop::Close(close_code::AWAY, "no pong");
+                }
+                if let Err(stop) = send_all(socket, session, vec![Message::Ping(Default::default())]).await {
+                    return stop;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `frames`, giving up as soon as the session is closed: a consumer that stopped reading
+/// must not hold its session open (the unsent rest stays in the socket's buffer, ahead of the close
+/// frame).
+async fn send_all(
+    socket: &mut WebSocket,
+    session: &LiveSession,
+    frames: Vec<Message>,
+) -> Result<(), Stop> {
+    let count = frames.iter().filter(|f| !matches!(f, Message::Ping(_))).count();
+    for frame in frames {
+        tokio::select! {
+            sent = socket.send(frame) => sent.map_err(|_| Stop::Gone)?,
+            reason = session.closed() => return Err(close_for(reason)),
+        }
+    }
+    metrics::counter!(m::LIVE_FRAMES, "transport" => TRANSPORT).increment(count as u64);
+    Ok(())
+}
+
+/// Sends a close frame and waits (briefly) for the peer's, so the close frame is read before the
+/// connection goes.
+pub async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        if socket.send(frame).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
