@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Events being taken in (read, decoded, routed) at once; beyond it `POST /events` answers 429.
     pub max_events_in_flight: usize,
+    /// Web origins whose pages may call the API (CORS), e.g. an `EventSource` on `/v1/stream`;
+    /// `"*"` for any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_events_in_flight: 10_000,
+            cors_origins: Vec::new(),
         }
     }
 }

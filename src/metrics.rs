@@ -101,7 +101,10 @@ fn describe() {
         LIVE_SLOW_CLOSES,
         "Live sessions closed as slow consumers, by transport."
     );
-    describe_counter!(LIVE_REPLAYED, "Events replayed to live sessions, by transport.");
+    describe_counter!(
+        LIVE_REPLAYED,
+        "Events replayed to live sessions, by transport."
+    );
     describe_counter!(LIVE_REFUSED, "Live connections refused, by reason.");
     describe_counter!(
         LIVE_PONG_TIMEOUTS,

@@ -5,8 +5,8 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -34,7 +34,11 @@ pub fn authenticate_or_token(
     headers: &HeaderMap,
     token: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let credentials = Authenticator::credentials(
         header(AUTHORIZATION.as_str()),
         header("x-auth-token").or(token),

@@ -51,7 +51,11 @@ fn reserve(live: &Live) -> Result<OwnedSemaphorePermit, ApiError> {
     live.reserve_connection().map_err(|error| {
         refused(
             "connections",
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", error.to_string()),
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                error.to_string(),
+            ),
         )
     })
 }
@@ -59,7 +63,11 @@ fn reserve(live: &Live) -> Result<OwnedSemaphorePermit, ApiError> {
 fn open_error(error: OpenError) -> ApiError {
     refused(
         "sessions_per_key",
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", error.to_string()),
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            error.to_string(),
+        ),
     )
 }
 
@@ -143,9 +151,8 @@ pub async fn subscribe_to_events(
     } else {
         None
     };
-    let upgrade = upgrade.map_err(|rejection| {
-        ApiError::bad_request("websocket_required", rejection.body_text())
-    })?;
+    let upgrade = upgrade
+        .map_err(|rejection| ApiError::bad_request("websocket_required", rejection.body_text()))?;
     let connection = reserve(state.hub.live())?;
     let live = state.hub.live().clone();
     let auth = state.auth.clone();
@@ -208,12 +215,21 @@ async fn notifier_session(
         }
     });
     if let Err(reason) = principal {
-        refuse(if reason == "unauthorized" { "auth" } else { "forbidden" });
+        refuse(if reason == "unauthorized" {
+            "auth"
+        } else {
+            "forbidden"
+        });
         websocket::close(&mut socket, close_code::POLICY, reason).await;
         return;
     }
     let replay = announcement.timestamp.map_or(Replay::None, Replay::Since);
-    match live.open(vec![announcement.access_id], &replay, "websocket", connection) {
+    match live.open(
+        vec![announcement.access_id],
+        &replay,
+        "websocket",
+        connection,
+    ) {
         Ok(session) => websocket::run(socket, session, WsFormat::Notifier, heartbeat).await,
         Err(error) => {
             refuse("sessions_per_key");
@@ -245,7 +261,10 @@ pub async fn monit_events(
     let keys: Vec<String> = query.stream.into_iter().filter(|s| !s.is_empty()).collect();
     live_principal(&state, &headers, query.token.as_deref(), &keys)?;
     if keys.is_empty() {
-        return Err(ApiError::bad_request("missing_stream", "Please specify a stream!"));
+        return Err(ApiError::bad_request(
+            "missing_stream",
+            "Please specify a stream!",
+        ));
     }
     // Without Last-Event-ID only the latest event is looked at: if it closed the inbox, the
     // client learns so at once instead of waiting on an inbox that is over.
@@ -290,7 +309,10 @@ impl StreamQuery {
             }
         }
         if parsed.keys.is_empty() {
-            return Err(ApiError::bad_request("missing_key", "give at least one key=…"));
+            return Err(ApiError::bad_request(
+                "missing_key",
+                "give at least one key=…",
+            ));
         }
         if parsed.keys.len() > MAX_STREAM_KEYS {
             return Err(ApiError::bad_request(
@@ -354,7 +376,11 @@ pub async fn stream(State(state): State<AppState>, request: Request) -> Result<R
     };
     let live = state.hub.live();
     let connection = reserve(live)?;
-    let transport = if upgrade.is_some() { "websocket" } else { "sse" };
+    let transport = if upgrade.is_some() {
+        "websocket"
+    } else {
+        "sse"
+    };
     let session = live
         .open(query.keys, &replay, transport, connection)
         .map_err(open_error)?;
@@ -363,11 +389,18 @@ pub async fn stream(State(state): State<AppState>, request: Request) -> Result<R
             let heartbeat = heartbeat(&state);
             let live = live.clone();
             Ok(configure(upgrade).on_upgrade(move |socket| {
-                live.track(websocket::run(socket, session, WsFormat::Envelope, heartbeat))
+                live.track(websocket::run(
+                    socket,
+                    session,
+                    WsFormat::Envelope,
+                    heartbeat,
+                ))
             }))
         }
-        None => Ok(sse::response(session, SseFormat::Envelope, state.config.live.heartbeat)
-            .into_response()),
+        None => Ok(
+            sse::response(session, SseFormat::Envelope, state.config.live.heartbeat)
+                .into_response(),
+        ),
     }
 }
 

@@ -65,9 +65,43 @@ pub fn openapi_json() -> String {
         .expect("the OpenAPI description always encodes")
 }
 
+/// CORS for `server.cors_origins` (browsers' `EventSource` and `fetch` from other origins).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|origin| origin.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::PUT,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderName::from_static("last-event-id"),
+                axum::http::HeaderName::from_static("x-auth-token"),
+            ]),
+    )
+}
+
 /// The app, ready to serve.
 pub fn app(state: AppState) -> Router {
     let (router, _) = routes();
+    let cors = cors(&state.config.server.cors_origins);
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     router
         .route("/openapi.json", axum::routing::get(ops::openapi))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })

@@ -53,7 +53,12 @@ pub fn event_size(event: &Event) -> usize {
     let wrp = event.wrp.as_ref().map_or(0, |wrp| {
         wrp.source.len() + wrp.dest.len() + wrp.headers.iter().map(String::len).sum::<usize>() + 64
     });
-    FIXED + event.key.len() + event.kind.len() + event.content_type.len() + event.payload.len() + wrp
+    FIXED
+        + event.key.len()
+        + event.kind.len()
+        + event.content_type.len()
+        + event.payload.len()
+        + wrp
 }
 
 /// One key's recent events, oldest first.
@@ -128,12 +133,9 @@ impl KeyHistory {
                     .filter(|event| event.time_ms >= *since)
                     .cloned(),
             ),
-            Replay::After(id) => out.extend(
-                self.events
-                    .iter()
-                    .filter(|event| event.id > *id)
-                    .cloned(),
-            ),
+            Replay::After(id) => {
+                out.extend(self.events.iter().filter(|event| event.id > *id).cloned())
+            }
             Replay::Latest => out.extend(self.events.back().cloned()),
         }
         let mut index = 0;

@@ -20,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::history::{
-    AGE_SWEEP, HistoryLimits, KeyHistory, PendingWrites, Replay, event_size,
-};
+use super::history::{AGE_SWEEP, HistoryLimits, KeyHistory, PendingWrites, Replay, event_size};
 use crate::config::LiveConfig;
 use crate::event::{Event, now_ms};
 use crate::metrics as m;
@@ -170,7 +168,10 @@ impl Live {
     /// sessions. Never waits: a session whose channel is full is closed as a slow consumer.
     pub fn publish(&self, key: &str, events: &[Arc<Event>]) {
         let now = now_ms();
-        let mut shard = self.shard(key).lock().expect("a live shard lock is never poisoned");
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .expect("a live shard lock is never poisoned");
         let shard = &mut *shard;
         if !shard.keys.contains_key(key) {
             if self.limits.max_events == 0 {
@@ -185,19 +186,23 @@ impl Live {
                 pending.added(event);
                 state
                     .history
-                    .push(event.clone(), self.limits, now, &mut |old| pending.evicted(&old));
+                    .push(event.clone(), self.limits, now, &mut |old| {
+                        pending.evicted(&old)
+                    });
             }
         }
         if !state.sessions.is_empty() {
             let batch: LiveBatch = events.into();
-            state.sessions.retain(|session| match session.tx.try_send(batch.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    session.control.close(CloseReason::SlowConsumer);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            state
+                .sessions
+                .retain(|session| match session.tx.try_send(batch.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        session.control.close(CloseReason::SlowConsumer);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
         }
         if state.history.is_empty() && state.sessions.is_empty() {
             shard.keys.remove(key);
@@ -427,7 +432,11 @@ impl Live {
     }
 
     /// Commits history changes every `commit_interval` until `stop`, then once more.
-    pub async fn run_writer(self: Arc<Self>, store: Arc<dyn HistoryStore>, stop: CancellationToken) {
+    pub async fn run_writer(
+        self: Arc<Self>,
+        store: Arc<dyn HistoryStore>,
+        stop: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.config.history.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = tokio::time::Instant::now();

@@ -122,7 +122,8 @@ async fn serve(
             return stop;
         }
     }
-    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat.interval, heartbeat.interval);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + heartbeat.interval, heartbeat.interval);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -160,7 +161,10 @@ async fn send_all(
     session: &LiveSession,
     frames: Vec<Message>,
 ) -> Result<(), Stop> {
-    let count = frames.iter().filter(|f| !matches!(f, Message::Ping(_))).count();
+    let count = frames
+        .iter()
+        .filter(|f| !matches!(f, Message::Ping(_)))
+        .count();
     for frame in frames {
         tokio::select! {
             sent = socket.send(frame) => sent.map_err(|_| Stop::Gone)?,

@@ -81,7 +81,10 @@ pub async fn push_events(
     if let Some(index) = pushed.iter().position(|event| event.accessid.is_empty()) {
         return Err(reject(
             "invalid",
-            ApiError::bad_request("invalid_json", format!("[{index}].accessid: must not be empty")),
+            ApiError::bad_request(
+                "invalid_json",
+                format!("[{index}].accessid: must not be empty"),
+            ),
         ));
     }
     metrics::counter!(m::EVENTS_RECEIVED, "source" => SOURCE).increment(pushed.len() as u64);

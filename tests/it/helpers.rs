@@ -46,6 +46,8 @@ pub struct TestApp {
     pub url: String,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
+    /// The running server's hub, for events from sources that have no HTTP route (monit).
+    pub hub: std::sync::Arc<brunnr::hub::Hub>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), brunnr::RunError>>>,
 }
@@ -55,17 +57,20 @@ pub async fn spawn_app(config: Config) -> TestApp {
     let addr = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
     let data_dir = config.store.path.clone();
-    let handle = tokio::spawn(brunnr::run(config, listener, async move {
+    let server = brunnr::Server::start(config, listener).await.unwrap();
+    let hub = server.hub();
+    let handle = tokio::spawn(server.run(async move {
         let _ = stop.await;
     }));
     let app = TestApp {
         url: format!("http://{addr}"),
         client: reqwest::Client::new(),
         data_dir,
+        hub,
         shutdown: Some(shutdown),
         handle: Some(handle),
     };
-    // The listener is bound before `run` starts; wait until the store is loaded.
+    // The listener is bound before `run` starts; wait until it serves.
     for _ in 0..100 {
         if let Ok(response) = app.client.get(format!("{}/readyz", app.url)).send().await
             && response.status() == 200

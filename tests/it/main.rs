@@ -3,6 +3,7 @@
 mod delivery;
 mod events;
 mod helpers;
+mod live;
 mod norns;
 mod process;
 mod servers;
