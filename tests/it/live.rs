@@ -478,10 +478,7 @@ async fn a_slow_consumer_is_closed_with_1013_while_others_keep_receiving() {
             other => panic!("the slow socket ended without a close frame: {other:?}"),
         }
     };
-    assert!(
-        frames < pushes,
-        "the slow client got {frames} of {pushes}"
-    );
+    assert!(frames < pushes, "the slow client got {frames} of {pushes}");
     let close = close.expect("a close frame with a code");
     assert_eq!(
         (close.code, close.reason.as_str()),
@@ -798,4 +795,103 @@ async fn shutdown_closes_websockets_with_1001_and_ends_sse() {
     assert_eq!(next_close(&mut ws).await.0, CloseCode::Away);
     assert_eq!(sse.event().await, None);
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+}
+
+/// Where Chromium is: `BRUNNR_CHROMIUM`, else `chromium` on the PATH (Debian's package).
+fn chromium() -> std::path::PathBuf {
+    let path = std::env::var_os("BRUNNR_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+                    .find(|candidate| candidate.is_file())
+            })
+        });
+    path.expect("chromium is needed for the browser test: apt-get install chromium (or set BRUNNR_CHROMIUM)")
+}
+
+#[tokio::test]
+async fn a_browser_eventsource_reads_v1_stream() {
+    let app = spawn_app(live_config(r#"{"server": {"cors_origins": ["*"]}}"#)).await;
+    let device = "mac:aabbccddeeff";
+    assert_eq!(
+        app.publish(&event(
+            device,
+            "device-status/online",
+            r#"{"seen":"replayed"}"#
+        ))
+        .await
+        .status(),
+        202
+    );
+
+    // The page, from another origin, reports each message it gets back to this server.
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let page = format!(
+        r#"<!doctype html><script>
+const source = new EventSource("{}/v1/stream?key={device}&since=0&token={ALICE}");
+source.onmessage = (message) => fetch("/report", {{method: "POST", body: message.data}});
+source.onerror = () => fetch("/report", {{method: "POST", body: "error"}});
+</script>"#,
+        app.url
+    );
+    let site = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page) }),
+        )
+        .route(
+            "/report",
+            axum::routing::post(move |body: String| async move {
+                reports_tx.send(body).ok();
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, site).await.unwrap() });
+
+    let profile = tempfile::tempdir().unwrap();
+    let _browser = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&site_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+
+    let next_report = async |reports: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
+            .await
+            .expect("the page reports within a minute")
+            .unwrap();
+        serde_json::from_str::<Value>(&report)
+            .unwrap_or_else(|_| panic!("the page reported {report:?}"))
+    };
+    let replayed = next_report(&mut reports).await;
+    assert_eq!(
+        (
+            replayed["key"].as_str(),
+            replayed["payload"]["seen"].as_str()
+        ),
+        (Some(device), Some("replayed"))
+    );
+    wait_for_sessions(&app, device, 1).await;
+    assert_eq!(
+        app.publish(&event(device, "device-status/online", r#"{"seen":"live"}"#))
+            .await
+            .status(),
+        202
+    );
+    let live = next_report(&mut reports).await;
+    assert_eq!(live["payload"]["seen"], "live");
+    app.stop().await;
 }

@@ -222,3 +222,63 @@ async fn client_commands_manage_norns_and_publish() {
     assert!(output.status.success());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn history_committed_before_a_sigkill_is_replayed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, port).await;
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/push_events"))
+        .json(&serde_json::json!([
+            {"accessid": "crash", "created_at": 1, "payload": "one"},
+            {"accessid": "crash", "created_at": 2, "payload": "two"},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Well past one commit interval (100 ms by default).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, port).await;
+    let mut response = client
+        .get(format!(
+            "http://127.0.0.1:{port}/v1/stream?key=crash&since=0"
+        ))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the replay arrives")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let payloads: Vec<String> = text
+        .split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|line| line.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+        .map(|envelope| envelope["payload"].as_str().unwrap().to_owned())
+        .collect();
+    // Text payloads travel base64 in the envelope (only JSON stays JSON).
+    use base64::Engine;
+    let decoded: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| base64::engine::general_purpose::STANDARD.decode(p).unwrap())
+        .collect();
+    assert_eq!(decoded, [b"one".to_vec(), b"two".to_vec()]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
