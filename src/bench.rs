@@ -3,7 +3,10 @@
 //! straight to that receiver: the machine's ceiling. Prints ingest events/s, deliveries/s and
 //! delivery latency (p50/p99) at saturation and at a rate below it.
 //!
-//! Everything runs on loopback, bounded by `--events` and `--seconds`.
+//! Everything runs on loopback, bounded by `--events` and `--seconds`. `--live` runs the live
+//! fan-out scenarios against Nchan instead (`live`).
+
+pub mod live;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +46,11 @@ pub struct BenchArgs {
     /// Events posted for each sink phase (moto_server is slow: keep it small).
     #[arg(long, default_value_t = 1_000)]
     pub sink_events: usize,
+    /// Measure live fan-out (SSE and WebSocket subscribers) against Nchan instead (needs Debian's
+    /// nginx-light and libnginx-mod-nchan); `--seconds` of publishing per run over
+    /// `--connections` connections.
+    #[arg(long)]
+    pub live: bool,
 }
 
 fn micros_now() -> u64 {
@@ -197,6 +205,9 @@ fn wrp_event(device: usize, sent_micros: u64) -> Vec<u8> {
 
 /// Runs the scenario and prints the summary.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.live {
+        return live::run(args.seconds, args.connections).await;
+    }
     if args.devices == 0 || args.norns_per_device == 0 || args.events == 0 || args.connections == 0
     {
         bail!("--devices, --norns-per-device, --events and --connections must be at least 1");
