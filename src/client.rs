@@ -1,4 +1,4 @@
-//! The client commands of the `brunnr` binary: `norn create|list|get|delete` and `publish`, talking
+//! The client commands of the `brunnr` binary: `norn create|list|get|delete`, `publish` and `tail`, talking
 //! to a running server (`--url`/`BRUNNR_URL`, `--token`/`BRUNNR_TOKEN`). Answers are printed as
 //! JSON; a server error is printed as it came and makes the command fail.
 
@@ -74,6 +74,17 @@ pub struct PublishArgs {
     /// Send WRP JSON instead of msgpack.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `brunnr tail …`: prints a key's live events.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// The keys to follow (device ids, endpoint ids, access ids, inbox ids).
+    #[arg(required = true)]
+    pub keys: Vec<String>,
+    /// First replay the events since this time (ms since the epoch; 0: all history).
+    #[arg(long)]
+    pub since: Option<i64>,
 }
 
 fn request(server: &ServerArgs, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -160,4 +171,40 @@ pub async fn publish(server: &ServerArgs, args: PublishArgs) -> anyhow::Result<(
             .body(body),
     )
     .await
+}
+
+/// Follows `/v1/stream` over SSE and prints each event's envelope as one line of JSON until the
+/// server ends the stream.
+pub async fn tail(server: &ServerArgs, args: TailArgs) -> anyhow::Result<()> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for key in &args.keys {
+        query.append_pair("key", key);
+    }
+    if let Some(since) = args.since {
+        query.append_pair("since", &since.to_string());
+    }
+    let path = format!("/v1/stream?{}", query.finish());
+    let mut response = request(server, reqwest::Method::GET, &path)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .context("cannot reach the brunnr server")?;
+    let status = response.status();
+    if !status.is_success() {
+        eprintln!("{}", response.text().await.unwrap_or_default());
+        bail!("the server answered {status}");
+    }
+    let mut buffer = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            for line in buffer[..end].lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    println!("{data}");
+                }
+            }
+            buffer.drain(..end + 2);
+        }
+    }
+    Ok(())
 }

@@ -44,6 +44,13 @@ enum Command {
         #[command(flatten)]
         args: brunnr::client::PublishArgs,
     },
+    /// Prints the live events of one or more keys as they come (one JSON envelope per line).
+    Tail {
+        #[command(flatten)]
+        server: brunnr::client::ServerArgs,
+        #[command(flatten)]
+        args: brunnr::client::TailArgs,
+    },
     /// Load and latency benchmark against a local receiver (see docs/benchmarks.md).
     Bench(brunnr::bench::BenchArgs),
 }
@@ -82,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Command::Publish { server, args } => {
             runtime.block_on(brunnr::client::publish(&server, args))
         }
+        Command::Tail { server, args } => runtime.block_on(brunnr::client::tail(&server, args)),
         Command::Bench(args) => runtime.block_on(brunnr::bench::run(args)),
     }
 }

@@ -61,7 +61,7 @@ impl ServerProcess {
                 .arg("serve")
                 .env("BRUNNR_SERVER__LISTEN", format!("127.0.0.1:{port}"))
                 .env("BRUNNR_STORE__PATH", dir.join("data"))
-                .env("RUST_LOG", "warn")
+                .env("BRUNNR_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

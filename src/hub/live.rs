@@ -107,6 +107,9 @@ struct Shard {
     keys: HashMap<String, KeyState>,
     /// What this shard's history holds, by [`event_size`].
     bytes: usize,
+    /// History changes not yet in the store (per shard: publishers of different keys do not
+    /// meet on one lock).
+    pending: PendingWrites,
 }
 
 /// Why a session could not be opened.
@@ -130,7 +133,6 @@ pub struct Live {
     connections: Arc<Semaphore>,
     next_session: AtomicU64,
     bytes: AtomicUsize,
-    pending: Mutex<PendingWrites>,
     shutdown: CancellationToken,
     /// Session tasks, so shutdown can wait for their close frames.
     tracker: TaskTracker,
@@ -146,7 +148,6 @@ impl Live {
             config: config.clone(),
             next_session: AtomicU64::new(1),
             bytes: AtomicUsize::new(0),
-            pending: Mutex::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }
@@ -211,7 +212,7 @@ impl Live {
         if shard.bytes > self.shard_budget() {
             self.evict_oldest(shard, &mut pending);
         }
-        self.commit_delta(pending);
+        self.record(shard, pending);
     }
 
     /// Evicts the shard's oldest events until it holds 90 % of its budget.
@@ -246,7 +247,8 @@ impl Live {
         pending.evicted_bytes += freed;
     }
 
-    fn commit_delta(&self, delta: PendingDelta) {
+    /// Adds what one change did to the shard's unsaved writes and the memory gauge.
+    fn record(&self, shard: &mut Shard, delta: PendingDelta) {
         if delta.appended.is_empty() && delta.evicted.is_empty() {
             return;
         }
@@ -259,15 +261,16 @@ impl Live {
                 .saturating_sub(change.unsigned_abs())
         };
         metrics::gauge!(m::HISTORY_BYTES).set(total as f64);
-        let mut pending = self.pending.lock().expect("never poisoned");
-        let room = PendingWrites::MAX_APPENDED.saturating_sub(pending.appended.len());
+        let room =
+            (PendingWrites::MAX_APPENDED / SHARDS).saturating_sub(shard.pending.appended.len());
         if delta.appended.len() > room {
             metrics::counter!(m::HISTORY_UNSAVED).increment((delta.appended.len() - room) as u64);
         }
-        pending
+        shard
+            .pending
             .appended
             .extend(delta.appended.into_iter().take(room));
-        pending.evicted.extend(delta.evicted);
+        shard.pending.evicted.extend(delta.evicted);
     }
 
     /// Reserves one of `live.max_connections`; hold it for the connection's life.
@@ -458,7 +461,12 @@ impl Live {
 
     /// Writes what is pending to the store in one commit.
     pub async fn flush(&self, store: &dyn HistoryStore) {
-        let pending = std::mem::take(&mut *self.pending.lock().expect("never poisoned"));
+        let mut pending = PendingWrites::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().expect("never poisoned");
+            pending.appended.append(&mut shard.pending.appended);
+            pending.evicted.append(&mut shard.pending.evicted);
+        }
         if pending.is_empty() {
             return;
         }
@@ -488,8 +496,8 @@ impl Live {
                     !(state.history.is_empty() && state.sessions.is_empty())
                 });
                 shard.bytes = shard.bytes.saturating_sub(delta.evicted_bytes);
+                self.record(shard, delta);
             }
-            self.commit_delta(delta);
         }
     }
 }

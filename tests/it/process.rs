@@ -282,3 +282,52 @@ async fn history_committed_before_a_sigkill_is_replayed_after_it() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn tail_prints_replayed_and_live_events() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+    wait_ready(&client, port).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let post = |payload: &'static str| {
+        client
+            .post(format!("{url}/events"))
+            .header("content-type", "application/msgpack")
+            .body(event("mac:112233445566", "device-status/online", payload).to_msgpack())
+            .send()
+    };
+    assert_eq!(post(r#"{"n":"before"}"#).await.unwrap().status(), 202);
+
+    let mut tail = tokio::process::Command::new(BIN)
+        .args([
+            "tail",
+            "--url",
+            &url,
+            "MAC:11:22:33:44:55:66",
+            "--since",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("tail prints within the wait")
+            .unwrap()
+            .expect("tail keeps running");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    let replayed = next_line().await;
+    assert_eq!(replayed["payload"]["n"], "before");
+    assert_eq!(replayed["key"], "mac:112233445566");
+    assert_eq!(post(r#"{"n":"after"}"#).await.unwrap().status(), 202);
+    assert_eq!(next_line().await["payload"]["n"], "after");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
