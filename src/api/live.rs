@@ -11,7 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::header::{ACCEPT, AUTHORIZATION, UPGRADE};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
@@ -22,10 +22,10 @@ use super::extract::{Admin, authenticate_or_token, require_role};
 use crate::auth::{Authenticator, Principal, Role};
 use crate::hub::history::Replay;
 use crate::hub::live::{Live, OpenError};
-use crate::hub::{INBOX_DONE, INBOX_ERROR};
 use crate::metrics as m;
-use crate::sink::sse::{self, SseFormat};
-use crate::sink::websocket::{self, Heartbeat, WsFormat};
+use crate::sink::frames::{Format, closes_inbox};
+use crate::sink::sse;
+use crate::sink::websocket::{self, Heartbeat};
 
 /// Most keys one `/v1/stream` session may follow.
 pub const MAX_STREAM_KEYS: usize = 64;
@@ -230,7 +230,7 @@ async fn notifier_session(
         "websocket",
         connection,
     ) {
-        Ok(session) => websocket::run(socket, session, WsFormat::Notifier, heartbeat).await,
+        Ok(session) => websocket::run(socket, session, Format::Notifier, heartbeat).await,
         Err(error) => {
             refuse("sessions_per_key");
             tracing::debug!(%error, "Refused a notifier session.");
@@ -276,11 +276,13 @@ pub async fn monit_events(
         .open(keys, &replay, "sse", connection)
         .map_err(open_error)?;
     if replay == Replay::Latest {
-        session
-            .missed
-            .retain(|event| event.kind == INBOX_DONE || event.kind == INBOX_ERROR);
+        session.missed.retain(|event| closes_inbox(event));
     }
-    Ok(sse::response(session, SseFormat::Monit, state.config.live.heartbeat).into_response())
+    Ok(sse::response(
+        session,
+        Format::SseMonit,
+        state.config.live.heartbeat,
+    ))
 }
 
 /// What `/v1/stream` takes: `key` (repeated), `since`, `token`.
@@ -389,18 +391,14 @@ pub async fn stream(State(state): State<AppState>, request: Request) -> Result<R
             let heartbeat = heartbeat(&state);
             let live = live.clone();
             Ok(configure(upgrade).on_upgrade(move |socket| {
-                live.track(websocket::run(
-                    socket,
-                    session,
-                    WsFormat::Envelope,
-                    heartbeat,
-                ))
+                live.track(websocket::run(socket, session, Format::Envelope, heartbeat))
             }))
         }
-        None => Ok(
-            sse::response(session, SseFormat::Envelope, state.config.live.heartbeat)
-                .into_response(),
-        ),
+        None => Ok(sse::response(
+            session,
+            Format::SseEnvelope,
+            state.config.live.heartbeat,
+        )),
     }
 }
 

@@ -24,13 +24,14 @@ use super::history::{AGE_SWEEP, HistoryLimits, KeyHistory, PendingWrites, Replay
 use crate::config::LiveConfig;
 use crate::event::{Event, now_ms};
 use crate::metrics as m;
+use crate::sink::frames::Batch;
 use crate::store::{HistoryStore, StoreError};
 
 const SHARDS: usize = 32;
 
 /// What a session receives: the events of one publish for one key (a notifier push of several
-/// events for one user is one batch, and one WebSocket frame).
-pub type LiveBatch = Arc<[Arc<Event>]>;
+/// events for one user is one batch, and one WebSocket frame), encoded once per wire format.
+pub type LiveBatch = Arc<Batch>;
 
 /// Why a session was closed by brunnr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +194,7 @@ impl Live {
             }
         }
         if !state.sessions.is_empty() {
-            let batch: LiveBatch = events.into();
+            let batch: LiveBatch = Arc::new(Batch::new(events));
             state
                 .sessions
                 .retain(|session| match session.tx.try_send(batch.clone()) {

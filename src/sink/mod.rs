@@ -5,9 +5,10 @@
 //!
 //! Live sessions are sinks of another shape: `websocket` and `sse` write a session's events to
 //! its connection from the session's own task, as they come (no retries: a session that falls
-//! behind is closed and replays when it comes back).
+//! behind is closed and replays when it comes back), in the wire formats of `frames`.
 
 pub mod address_policy;
+pub mod frames;
 pub mod nats;
 pub mod sqs;
 pub mod sse;

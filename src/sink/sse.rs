@@ -1,89 +1,65 @@
 //! Server-Sent Events sessions: a live session as an SSE response body.
 //!
-//! The stream is the session: hyper polls it when the connection can take more, so a client that
+//! The body is the session: hyper polls it when the connection can take more, so a client that
 //! stops reading stops being polled; its channel then fills and the hub closes it as a slow
 //! consumer (it is taken off its keys at once, so nothing more is buffered for it) and the
-//! response ends when it is next polled. Comments (`: ping`) every `live.heartbeat` keep proxies
-//! from timing the connection out.
+//! response ends when it is next polled. A `: ping` comment goes out after `live.heartbeat`
+//! without frames, so proxies do not time the connection out. Frames are written as `frames`
+//! encoded them, shared between sessions.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures::Stream;
+use axum::body::Body;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
+use super::frames::{Format, closes_inbox};
 use crate::event::Event;
 use crate::hub::live::{CloseReason, LiveSession, SessionEvent};
-use crate::hub::{INBOX_DONE, INBOX_ERROR};
 use crate::metrics as m;
 
 const TRANSPORT: &str = "sse";
-
-/// How events are framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SseFormat {
-    /// monit: `id:`, `event: <kind>`, `data: <payload JSON>`; an inbox's `done`/`error` event
-    /// ends the response.
-    Monit,
-    /// `/v1/stream`: `id:` and `data: <envelope JSON>` (a default `message` event, so that an
-    /// `EventSource`'s `onmessage` sees it).
-    Envelope,
-}
-
-impl SseFormat {
-    /// The frame for `event`, and whether it ends the stream.
-    fn frame(self, event: &Event) -> (SseEvent, bool) {
-        let frame = SseEvent::default().id(event.id.to_string());
-        match self {
-            SseFormat::Monit => {
-                let ends = event.kind == INBOX_DONE || event.kind == INBOX_ERROR;
-                let data = serde_json::to_string(&event.payload_value()).expect("JSON encodes");
-                (frame.event(&event.kind).data(data), ends)
-            }
-            SseFormat::Envelope => {
-                let data = serde_json::to_string(&event.envelope()).expect("JSON encodes");
-                (frame.data(data), false)
-            }
-        }
-    }
-}
+const PING: &[u8] = b": ping\n\n";
 
 struct State {
     session: LiveSession,
-    queue: VecDeque<Arc<Event>>,
-    format: SseFormat,
+    /// Frames to write, each with its event (to see whether it closes a monit inbox).
+    queue: VecDeque<(Bytes, Arc<Event>)>,
+    format: Format,
+    heartbeat: Duration,
     ended: bool,
 }
 
-/// The SSE response for `session`: what it missed, then its events as they come.
-pub fn response(
-    mut session: LiveSession,
-    format: SseFormat,
-    heartbeat: Duration,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let missed = std::mem::take(&mut session.missed);
-    metrics::counter!(m::LIVE_REPLAYED, "transport" => TRANSPORT).increment(missed.len() as u64);
-    let state = State {
-        session,
-        queue: missed.into(),
-        format,
-        ended: false,
-    };
-    let stream = futures::stream::unfold(state, |mut state| async move {
+impl State {
+    fn enqueue(&mut self, frames: &[Bytes], events: &[Arc<Event>]) {
+        self.queue
+            .extend(frames.iter().cloned().zip(events.iter().cloned()));
+    }
+
+    /// The next chunk of the body, or `None` when the response ends.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            if state.ended {
+            if self.ended {
                 return None;
             }
-            if let Some(event) = state.queue.pop_front() {
-                let (frame, ends) = state.format.frame(&event);
-                state.ended = ends;
+            if let Some((frame, event)) = self.queue.pop_front() {
+                self.ended = self.format == Format::SseMonit && closes_inbox(&event);
                 metrics::counter!(m::LIVE_FRAMES, "transport" => TRANSPORT).increment(1);
-                return Some((Ok(frame), state));
+                return Some(frame);
             }
-            match state.session.next().await {
-                SessionEvent::Batch(batch) => state.queue.extend(batch.iter().cloned()),
+            let next = tokio::select! {
+                next = self.session.next() => next,
+                _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(PING)),
+            };
+            match next {
+                SessionEvent::Batch(batch) => {
+                    let frames = batch.frames(self.format);
+                    self.enqueue(&frames, &batch.events);
+                }
                 SessionEvent::Closed(reason) => {
                     if reason == CloseReason::SlowConsumer {
                         metrics::counter!(m::LIVE_SLOW_CLOSES, "transport" => TRANSPORT)
@@ -93,6 +69,32 @@ pub fn response(
                 }
             }
         }
+    }
+}
+
+/// The SSE response for `session` in `format` (`SseEnvelope` or `SseMonit`): what it missed,
+/// then its events as they come.
+pub fn response(mut session: LiveSession, format: Format, heartbeat: Duration) -> Response {
+    let missed = std::mem::take(&mut session.missed);
+    metrics::counter!(m::LIVE_REPLAYED, "transport" => TRANSPORT).increment(missed.len() as u64);
+    let mut state = State {
+        session,
+        queue: VecDeque::new(),
+        format,
+        heartbeat,
+        ended: false,
+    };
+    state.enqueue(&format.encode(&missed), &missed);
+    let body = futures::stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), state))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("ping"))
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }

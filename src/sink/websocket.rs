@@ -5,14 +5,13 @@
 //! channel. Close codes: 1000 "close" (`/drop_user`), 1001 (shutdown, or no pong within
 //! `live.heartbeat_timeout`), 1013 "slow consumer" (its buffer filled).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
-use serde::Serialize;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::event::Event;
+use super::frames::Format;
 use crate::hub::live::{CloseReason, LiveSession, SessionEvent};
 use crate::metrics as m;
 
@@ -20,54 +19,14 @@ const TRANSPORT: &str = "websocket";
 /// How long a closing session may take to send its close frame and hear the answer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How events are framed.
-#[derive(Debug, Clone, Copy)]
-pub enum WsFormat {
-    /// notifier: one text frame per batch, a JSON array of `{accessid, created_at, payload}`.
-    Notifier,
-    /// `/v1/stream`: one text frame per event, its JSON envelope.
-    Envelope,
-}
-
-/// An event as the notifier sent it.
-#[derive(Serialize)]
-struct NotifierEvent<'a> {
-    accessid: &'a str,
-    created_at: i64,
-    /// Text stays text; JSON stays JSON; other bytes are base64.
-    payload: serde_json::Value,
-}
-
-fn notifier_event(event: &Event) -> NotifierEvent<'_> {
-    let payload = match std::str::from_utf8(&event.payload) {
-        Ok(text) if !event.is_json() => serde_json::Value::String(text.to_owned()),
-        _ => event.payload_value(),
-    };
-    NotifierEvent {
-        accessid: &event.key,
-        created_at: event.time_ms,
-        payload,
-    }
-}
-
-impl WsFormat {
-    fn frames(self, events: &[Arc<Event>]) -> Vec<Message> {
-        match self {
-            WsFormat::Notifier => {
-                let batch: Vec<NotifierEvent> = events.iter().map(|e| notifier_event(e)).collect();
-                vec![text_frame(&batch)]
-            }
-            WsFormat::Envelope => events.iter().map(|e| text_frame(&e.envelope())).collect(),
-        }
-    }
-}
-
-fn text_frame(value: &impl Serialize) -> Message {
-    Message::Text(
-        serde_json::to_string(value)
-            .expect("frames always encode")
-            .into(),
-    )
+/// `frames` as WebSocket text frames (the bytes are shared, not copied).
+fn text_frames(frames: &[Bytes]) -> Vec<Message> {
+    frames
+        .iter()
+        .map(|frame| {
+            Message::Text(Utf8Bytes::try_from(frame.clone()).expect("frames are JSON, so UTF-8"))
+        })
+        .collect()
 }
 
 /// Heartbeat timings.
@@ -99,7 +58,7 @@ fn close_for(reason: CloseReason) -> Stop {
 pub async fn run(
     mut socket: WebSocket,
     mut session: LiveSession,
-    format: WsFormat,
+    format: Format,
     heartbeat: Heartbeat,
 ) {
     let stop = serve(&mut socket, &mut session, format, heartbeat).await;
@@ -111,14 +70,14 @@ pub async fn run(
 async fn serve(
     socket: &mut WebSocket,
     session: &mut LiveSession,
-    format: WsFormat,
+    format: Format,
     heartbeat: Heartbeat,
 ) -> Stop {
     let missed = std::mem::take(&mut session.missed);
     if !missed.is_empty() {
         metrics::counter!(m::LIVE_REPLAYED, "transport" => TRANSPORT)
             .increment(missed.len() as u64);
-        if let Err(stop) = send_all(socket, session, format.frames(&missed)).await {
+        if let Err(stop) = send_all(socket, session, text_frames(&format.encode(&missed))).await {
             return stop;
         }
     }
@@ -129,7 +88,7 @@ async fn serve(
         tokio::select! {
             next = session.next() => match next {
                 SessionEvent::Batch(batch) => {
-                    if let Err(stop) = send_all(socket, session, format.frames(&batch)).await {
+                    if let Err(stop) = send_all(socket, session, text_frames(&batch.frames(format))).await {
                         return stop;
                     }
                 }
