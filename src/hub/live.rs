@@ -134,7 +134,8 @@ pub struct Live {
     connections: Arc<Semaphore>,
     next_session: AtomicU64,
     bytes: AtomicUsize,
-    shutdown: CancellationToken,
+    /// Set once shutdown began: sessions opening after it are closed at once.
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Session tasks, so shutdown can wait for their close frames.
     tracker: TaskTracker,
 }
@@ -149,7 +150,7 @@ impl Live {
             config: config.clone(),
             next_session: AtomicU64::new(1),
             bytes: AtomicUsize::new(0),
-            shutdown: CancellationToken::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             tracker: TaskTracker::new(),
         }
     }
@@ -322,6 +323,9 @@ impl Live {
         if keys.len() > 1 {
             missed.sort_by_key(|event| event.id);
         }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            control.close(CloseReason::Shutdown);
+        }
         metrics::gauge!(m::LIVE_SESSIONS, "transport" => transport).increment(1.0);
         Ok(LiveSession {
             id,
@@ -389,12 +393,22 @@ impl Live {
 
     /// Tells every session to close (WebSocket 1001, SSE responses end); new ones close at once.
     pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
+        // Each session is told through its own signal, so that waiting for the next batch never
+        // touches a lock shared by every session.
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("never poisoned");
+            for state in shard.keys.values() {
+                for session in &state.sessions {
+                    session.control.close(CloseReason::Shutdown);
+                }
+            }
+        }
     }
 
     /// Closes every session and waits, at most `deadline`, for their tasks to finish.
     pub async fn close_all(&self, deadline: std::time::Duration) {
-        self.shutdown.cancel();
+        self.begin_shutdown();
         self.tracker.close();
         let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
     }
@@ -549,7 +563,6 @@ impl LiveSession {
         tokio::select! {
             biased;
             reason = self.control.closed() => SessionEvent::Closed(reason),
-            _ = self.live.shutdown.cancelled() => SessionEvent::Closed(CloseReason::Shutdown),
             batch = self.rx.recv() => match batch {
                 Some(batch) => SessionEvent::Batch(batch),
                 // Every sender is gone only when the session was taken off its keys.
@@ -558,13 +571,15 @@ impl LiveSession {
         }
     }
 
+    /// A batch that is already waiting, if any.
+    pub fn try_next(&mut self) -> Option<LiveBatch> {
+        self.rx.try_recv().ok()
+    }
+
     /// Resolves when the session is closed (to abandon a write to a consumer that stopped
     /// reading).
     pub async fn closed(&self) -> CloseReason {
-        tokio::select! {
-            reason = self.control.closed() => reason,
-            _ = self.live.shutdown.cancelled() => CloseReason::Shutdown,
-        }
+        self.control.closed().await
     }
 
     pub fn keys(&self) -> &[String] {

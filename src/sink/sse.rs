@@ -32,6 +32,8 @@ struct State {
     format: Format,
     heartbeat: Duration,
     ended: bool,
+    /// Looked up once per session, not per frame.
+    frames_sent: metrics::Counter,
 }
 
 impl State {
@@ -48,7 +50,7 @@ impl State {
             }
             if let Some((frame, event)) = self.queue.pop_front() {
                 self.ended = self.format == Format::SseMonit && closes_inbox(&event);
-                metrics::counter!(m::LIVE_FRAMES, "transport" => TRANSPORT).increment(1);
+                self.frames_sent.increment(1);
                 return Some(frame);
             }
             let next = tokio::select! {
@@ -83,6 +85,7 @@ pub fn response(mut session: LiveSession, format: Format, heartbeat: Duration) -
         format,
         heartbeat,
         ended: false,
+        frames_sent: metrics::counter!(m::LIVE_FRAMES, "transport" => TRANSPORT),
     };
     state.enqueue(&format.encode(&missed), &missed);
     let body = futures::stream::unfold(state, |mut state| async move {

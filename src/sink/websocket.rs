@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use bytes::Bytes;
+use futures::SinkExt;
 use tokio::time::Instant;
 
 use super::frames::Format;
@@ -73,11 +74,14 @@ async fn serve(
     format: Format,
     heartbeat: Heartbeat,
 ) -> Stop {
+    let frames_sent = metrics::counter!(m::LIVE_FRAMES, "transport" => TRANSPORT);
     let missed = std::mem::take(&mut session.missed);
     if !missed.is_empty() {
         metrics::counter!(m::LIVE_REPLAYED, "transport" => TRANSPORT)
             .increment(missed.len() as u64);
-        if let Err(stop) = send_all(socket, session, text_frames(&format.encode(&missed))).await {
+        let frames = text_frames(&format.encode(&missed));
+        frames_sent.increment(frames.len() as u64);
+        if let Err(stop) = write(socket, session, frames).await {
             return stop;
         }
     }
@@ -88,7 +92,15 @@ async fn serve(
         tokio::select! {
             next = session.next() => match next {
                 SessionEvent::Batch(batch) => {
-                    if let Err(stop) = send_all(socket, session, text_frames(&batch.frames(format))).await {
+                    let mut frames = text_frames(&batch.frames(format));
+                    // What else is already queued goes out in the same write.
+                    while frames.len() < MAX_FRAMES_PER_WRITE
+                        && let Some(batch) = session.try_next()
+                    {
+                        frames.extend(text_frames(&batch.frames(format)));
+                    }
+                    frames_sent.increment(frames.len() as u64);
+                    if let Err(stop) = write(socket, session, frames).await {
                         return stop;
                     }
                 }
@@ -104,7 +116,7 @@ async fn serve(
                     metrics::counter!(m::LIVE_PONG_TIMEOUTS, "transport" => TRANSPORT).increment(1);
                     return Stop::Close(close_code::AWAY, "no pong");
                 }
-                if let Err(stop) = send_all(socket, session, vec![Message::Ping(Default::default())]).await {
+                if let Err(stop) = write(socket, session, vec![Message::Ping(Default::default())]).await {
                     return stop;
                 }
             }
@@ -112,26 +124,27 @@ async fn serve(
     }
 }
 
-/// Sends `frames`, giving up as soon as the session is closed: a consumer that stopped reading
-/// must not hold its session open (the unsent rest stays in the socket's buffer, ahead of the close
-/// frame).
-async fn send_all(
+/// Frames gathered into one write when a session has several batches waiting.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// Writes `frames` and flushes once, giving up as soon as the session is closed: a consumer that
+/// stopped reading must not hold its session open (the unsent rest stays in the socket's buffer,
+/// ahead of the close frame).
+async fn write(
     socket: &mut WebSocket,
     session: &LiveSession,
     frames: Vec<Message>,
 ) -> Result<(), Stop> {
-    let count = frames
-        .iter()
-        .filter(|f| !matches!(f, Message::Ping(_)))
-        .count();
-    for frame in frames {
-        tokio::select! {
-            sent = socket.send(frame) => sent.map_err(|_| Stop::Gone)?,
-            reason = session.closed() => return Err(close_for(reason)),
+    let write = async {
+        for frame in frames {
+            socket.feed(frame).await?;
         }
+        socket.flush().await
+    };
+    tokio::select! {
+        written = write => written.map_err(|_| Stop::Gone),
+        reason = session.closed() => Err(close_for(reason)),
     }
-    metrics::counter!(m::LIVE_FRAMES, "transport" => TRANSPORT).increment(count as u64);
-    Ok(())
 }
 
 /// Sends a close frame and waits (briefly) for the peer's, so the close frame is read before the

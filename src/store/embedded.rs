@@ -132,12 +132,13 @@ impl HistoryStore for EmbeddedStore {
         appended: Vec<Arc<Event>>,
         evicted: Vec<Uuid>,
     ) -> Result<(), StoreError> {
-        // Encoding happens here, off the ingest path.
-        let rows: Vec<(u128, Vec<u8>)> = appended
-            .iter()
-            .map(|event| (event.id.as_u128(), super::encode_event(event)))
-            .collect();
         self.blocking(move |db| {
+            // Encoded here, on the blocking pool: a commit can hold thousands of events, and
+            // encoding them on a runtime thread would stall the sessions sharing it.
+            let rows: Vec<(u128, Vec<u8>)> = appended
+                .iter()
+                .map(|event| (event.id.as_u128(), super::encode_event(event)))
+                .collect();
             let write = db.begin_write().map_err(backend)?;
             {
                 let mut table = write.open_table(HISTORY).map_err(backend)?;
