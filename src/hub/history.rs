@@ -4,9 +4,11 @@
 //! Each key keeps at most `live.history.max_events` events, none older than `max_age`; all keys
 //! together keep at most `max_bytes` (the oldest go first). `live` owns the per-key histories
 //! under the same lock as the key's sessions, so that a session opening sees every event exactly
-//! once: in its replay or on its channel. Persistence is a group commit: appends and evictions
-//! collect in [`PendingWrites`] and a writer task commits them every `commit_interval`, so a crash
-//! loses at most one interval and no event costs an fsync of its own.
+//! once: in its replay or on its channel. Persistence is a log of group commits: new events
+//! collect per shard and a writer task appends them to the store every `commit_interval`, so a
+//! crash loses at most one interval and no event costs a write of its own. Evictions are not
+//! written: loading replays the log through the same limits. When the log outgrows twice what
+//! history holds, it is rewritten from history (compaction).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -121,6 +123,10 @@ impl KeyHistory {
         self.events.len()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.events.iter()
+    }
+
     /// What a session asking for `replay` missed, oldest first, leaving out events that arrived
     /// before `oldest_kept_ms` (aged out, not yet swept).
     pub fn replay(&self, replay: &Replay, oldest_kept_ms: i64, out: &mut Vec<Arc<Event>>) {
@@ -146,22 +152,9 @@ impl KeyHistory {
     }
 }
 
-/// History changes not yet committed to the store.
-#[derive(Default)]
-pub struct PendingWrites {
-    pub appended: Vec<Arc<Event>>,
-    pub evicted: Vec<Uuid>,
-}
-
-impl PendingWrites {
-    /// More than this many unsaved appends means the store is not keeping up: further ones stay in
-    /// memory only (and are counted), rather than growing without bound.
-    pub const MAX_APPENDED: usize = 200_000;
-
-    pub fn is_empty(&self) -> bool {
-        self.appended.is_empty() && self.evicted.is_empty()
-    }
-}
+/// More unsaved events than this means the store is not keeping up: further ones stay in memory
+/// only (and are counted), rather than growing without bound.
+pub const MAX_UNSAVED: usize = 200_000;
 
 /// How often aged-out events are swept from keys that receive nothing new.
 pub const AGE_SWEEP: Duration = Duration::from_secs(1);

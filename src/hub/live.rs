@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::history::{AGE_SWEEP, HistoryLimits, KeyHistory, PendingWrites, Replay, event_size};
+use super::history::{AGE_SWEEP, HistoryLimits, KeyHistory, MAX_UNSAVED, Replay, event_size};
 use crate::config::LiveConfig;
 use crate::event::{Event, now_ms};
 use crate::metrics as m;
@@ -28,6 +28,8 @@ use crate::sink::frames::Batch;
 use crate::store::{HistoryStore, StoreError};
 
 const SHARDS: usize = 32;
+/// A history log smaller than this is never compacted.
+const MIN_COMPACT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a session receives: the events of one publish for one key (a notifier push of several
 /// events for one user is one batch, and one WebSocket frame), encoded once per wire format.
@@ -108,9 +110,9 @@ struct Shard {
     keys: HashMap<String, KeyState>,
     /// What this shard's history holds, by [`event_size`].
     bytes: usize,
-    /// History changes not yet in the store (per shard: publishers of different keys do not
-    /// meet on one lock).
-    pending: PendingWrites,
+    /// Events not yet in the store's log (per shard: publishers of different keys do not meet
+    /// on one lock).
+    pending: Vec<Arc<Event>>,
 }
 
 /// Why a session could not be opened.
@@ -134,6 +136,10 @@ pub struct Live {
     connections: Arc<Semaphore>,
     next_session: AtomicU64,
     bytes: AtomicUsize,
+    /// Bytes in the store's history log (what compaction weighs against `bytes`).
+    log_bytes: AtomicU64,
+    /// A log smaller than this is never compacted.
+    min_compact_bytes: u64,
     /// Set once shutdown began: sessions opening after it are closed at once.
     shutting_down: std::sync::atomic::AtomicBool,
     /// Session tasks, so shutdown can wait for their close frames.
@@ -150,6 +156,8 @@ impl Live {
             config: config.clone(),
             next_session: AtomicU64::new(1),
             bytes: AtomicUsize::new(0),
+            log_bytes: AtomicU64::new(0),
+            min_compact_bytes: MIN_COMPACT_BYTES,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             tracker: TaskTracker::new(),
         }
@@ -249,30 +257,23 @@ impl Live {
         pending.evicted_bytes += freed;
     }
 
-    /// Adds what one change did to the shard's unsaved writes and the memory gauge.
+    /// Adds what one change did to the shard's unsaved events and the memory count.
     fn record(&self, shard: &mut Shard, delta: PendingDelta) {
-        if delta.appended.is_empty() && delta.evicted.is_empty() {
+        if delta.appended.is_empty() && delta.evicted_bytes == 0 {
             return;
         }
         let change = delta.added_bytes as isize - delta.evicted_bytes as isize;
-        let total = if change >= 0 {
-            self.bytes.fetch_add(change as usize, Ordering::Relaxed) + change as usize
+        if change >= 0 {
+            self.bytes.fetch_add(change as usize, Ordering::Relaxed);
         } else {
             self.bytes
-                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed)
-                .saturating_sub(change.unsigned_abs())
-        };
-        metrics::gauge!(m::HISTORY_BYTES).set(total as f64);
-        let room =
-            (PendingWrites::MAX_APPENDED / SHARDS).saturating_sub(shard.pending.appended.len());
+                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
+        }
+        let room = (MAX_UNSAVED / SHARDS).saturating_sub(shard.pending.len());
         if delta.appended.len() > room {
             metrics::counter!(m::HISTORY_UNSAVED).increment((delta.appended.len() - room) as u64);
         }
-        shard
-            .pending
-            .appended
-            .extend(delta.appended.into_iter().take(room));
-        shard.pending.evicted.extend(delta.evicted);
+        shard.pending.extend(delta.appended.into_iter().take(room));
     }
 
     /// Reserves one of `live.max_connections`; hold it for the connection's life.
@@ -413,40 +414,41 @@ impl Live {
         let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
     }
 
-    /// Loads stored history (at start-up, before anything is published).
+    /// Loads the stored history log (at start-up, before anything is published), replaying it
+    /// through the limits.
     pub async fn load(&self, store: &dyn HistoryStore) -> Result<usize, StoreError> {
-        let since = now_ms().saturating_sub(self.limits.max_age_ms);
-        let events = store.load(since).await?;
-        let count = events.len();
-        let mut evicted = Vec::new();
+        let (events, log_bytes) = store.load().await?;
+        self.log_bytes.store(log_bytes, Ordering::Relaxed);
+        let oldest_kept = now_ms().saturating_sub(self.limits.max_age_ms);
+        let mut loaded = 0;
         for event in events {
+            if event.id_ms() < oldest_kept || self.limits.max_events == 0 {
+                continue;
+            }
+            loaded += 1;
             let key = event.key.clone();
-            let event = Arc::new(event);
-            let mut shard = self.shard(&key).lock().expect("never poisoned");
-            let shard = &mut *shard;
-            let state = shard.keys.entry(key).or_default();
-            let mut freed = 0;
-            state
-                .history
-                .push(event.clone(), self.limits, now_ms(), &mut |old| {
-                    freed += event_size(&old);
-                    evicted.push(old.id);
-                });
-            let added = if state.history.is_empty() {
-                0
-            } else {
-                event_size(&event)
-            };
-            shard.bytes = (shard.bytes + added).saturating_sub(freed);
-            // Only events added before are evicted, so adding first never goes below zero.
-            self.bytes.fetch_add(added, Ordering::Relaxed);
-            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            self.keep(&key, Arc::new(event));
         }
-        if !evicted.is_empty() {
-            // Rows the limits (perhaps lowered since) no longer keep.
-            store.commit(Vec::new(), evicted).await?;
+        Ok(loaded)
+    }
+
+    /// Keeps a loaded event in history (no sessions exist yet; it is in the log already).
+    fn keep(&self, key: &str, event: Arc<Event>) {
+        let mut shard = self.shard(key).lock().expect("never poisoned");
+        let shard = &mut *shard;
+        let state = shard.keys.entry(key.to_owned()).or_default();
+        let mut delta = PendingDelta {
+            added_bytes: event_size(&event),
+            ..Default::default()
+        };
+        state
+            .history
+            .push(event, self.limits, now_ms(), &mut |old| delta.evicted(&old));
+        shard.bytes = (shard.bytes + delta.added_bytes).saturating_sub(delta.evicted_bytes);
+        if shard.bytes > self.shard_budget() {
+            self.evict_oldest(shard, &mut delta);
         }
-        Ok(count)
+        self.record(shard, delta);
     }
 
     /// Commits history changes every `commit_interval` until `stop`, then once more.
@@ -474,24 +476,52 @@ impl Live {
         }
     }
 
-    /// Writes what is pending to the store in one commit.
+    /// Appends what is pending to the store's log in one commit; when the log has grown to
+    /// more than twice what history holds, rewrites it from history instead (compaction).
     pub async fn flush(&self, store: &dyn HistoryStore) {
-        let mut pending = PendingWrites::default();
+        let held = self.bytes.load(Ordering::Relaxed) as u64;
+        metrics::gauge!(m::HISTORY_BYTES).set(held as f64);
+        let compact =
+            self.log_bytes.load(Ordering::Relaxed) > (2 * held).max(self.min_compact_bytes);
+        let mut events = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("never poisoned");
-            pending.appended.append(&mut shard.pending.appended);
-            pending.evicted.append(&mut shard.pending.evicted);
+            if compact {
+                // Everything history holds, pending events included: the log becomes this.
+                shard.pending.clear();
+                for state in shard.keys.values() {
+                    events.extend(state.history.iter().cloned());
+                }
+            } else {
+                events.append(&mut shard.pending);
+            }
         }
-        if pending.is_empty() {
+        if events.is_empty() && !compact {
             return;
         }
-        let count = pending.appended.len() as u64;
-        match store.commit(pending.appended, pending.evicted).await {
-            Ok(()) => metrics::counter!(m::HISTORY_COMMITS, "outcome" => "ok").increment(1),
+        let count = events.len() as u64;
+        let written = if compact {
+            // Time order, so that replaying the log evicts what the limits evicted.
+            events.sort_by_key(|event| event.id);
+            store.replace(events).await
+        } else {
+            store.append(events).await
+        };
+        match written {
+            Ok(bytes) => {
+                if compact {
+                    self.log_bytes.store(bytes, Ordering::Relaxed);
+                } else {
+                    self.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+                metrics::counter!(m::HISTORY_COMMITS, "outcome" => "ok").increment(1);
+            }
             Err(error) => {
                 metrics::counter!(m::HISTORY_COMMITS, "outcome" => "error").increment(1);
-                metrics::counter!(m::HISTORY_UNSAVED).increment(count);
-                tracing::error!(%error, events = count, "History could not be saved; it stays in memory.");
+                if !compact {
+                    metrics::counter!(m::HISTORY_UNSAVED).increment(count);
+                }
+                tracing::error!(%error, events = count, compact, "History could not be saved; it stays in memory.");
             }
         }
     }
@@ -521,7 +551,6 @@ impl Live {
 #[derive(Default)]
 struct PendingDelta {
     appended: Vec<Arc<Event>>,
-    evicted: Vec<Uuid>,
     added_bytes: usize,
     evicted_bytes: usize,
 }
@@ -534,7 +563,6 @@ impl PendingDelta {
 
     fn evicted(&mut self, event: &Event) {
         self.evicted_bytes += event_size(event);
-        self.evicted.push(event.id);
     }
 }
 
@@ -595,5 +623,85 @@ impl Drop for LiveSession {
     fn drop(&mut self) {
         self.live.unregister(self.id, &self.keys);
         metrics::gauge!(m::LIVE_SESSIONS, "transport" => self.transport).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LiveConfig;
+    use crate::store::embedded::EmbeddedStore;
+
+    fn event(key: &str, n: i64) -> Arc<Event> {
+        Arc::new(Event {
+            id: Event::new_id(),
+            key: key.into(),
+            kind: "notifier".into(),
+            source: "notifier",
+            time_ms: n,
+            content_type: "text/plain".into(),
+            payload: bytes::Bytes::from(format!("event {n}")),
+            wrp: None,
+        })
+    }
+
+    fn live(min_compact_bytes: u64) -> Arc<Live> {
+        let mut config = LiveConfig::default();
+        config.history.max_events = 3;
+        let mut live = Live::new(&config);
+        live.min_compact_bytes = min_compact_bytes;
+        Arc::new(live)
+    }
+
+    fn replay(live: &Arc<Live>, key: &str) -> Vec<i64> {
+        let permit = live.reserve_connection().unwrap();
+        let session = live
+            .open(vec![key.into()], &Replay::Since(0), "test", permit)
+            .unwrap();
+        session.missed.iter().map(|e| e.time_ms).collect()
+    }
+
+    #[tokio::test]
+    async fn the_log_replays_through_the_limits_and_compacts_to_what_history_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let first = live(u64::MAX);
+        for n in 1..=10 {
+            first.publish("a", &[event("a", n)]);
+            if n % 4 == 0 {
+                first.flush(&store).await; // several log entries
+            }
+        }
+        first.publish("b", &[event("b", 1), event("b", 2)]);
+        first.flush(&store).await;
+        assert_eq!(
+            store.load().await.unwrap().0.len(),
+            12,
+            "every event is logged"
+        );
+
+        // A restart replays the log: the same limits keep the same events.
+        let second = live(u64::MAX);
+        assert_eq!(second.load(&store).await.unwrap(), 12);
+        assert_eq!(replay(&second, "a"), [8, 9, 10]);
+        assert_eq!(replay(&second, "b"), [1, 2]);
+
+        // Compaction rewrites the log as what history holds, pending events included.
+        let third = live(0);
+        third.load(&store).await.unwrap();
+        third.publish("b", &[event("b", 3)]);
+        third.flush(&store).await;
+        let (logged, _) = store.load().await.unwrap();
+        let mut times: Vec<(String, i64)> =
+            logged.iter().map(|e| (e.key.clone(), e.time_ms)).collect();
+        times.sort();
+        assert_eq!(
+            times,
+            [("a", 8), ("a", 9), ("a", 10), ("b", 1), ("b", 2), ("b", 3)]
+                .map(|(k, n)| (k.to_string(), n))
+        );
+        let fourth = live(u64::MAX);
+        fourth.load(&store).await.unwrap();
+        assert_eq!(replay(&fourth, "b"), [1, 2, 3]);
     }
 }

@@ -2,8 +2,8 @@
 //! the live history.
 //!
 //! redb is pure Rust, ACID and crash-safe: every committed write transaction is fsynced, so a norn
-//! is answered 201 only once it would survive `kill -9`. Norns are stored as JSON by id; history
-//! events as msgpack by id (UUIDv7 as a u128 sorts by time). redb's API is blocking, so each call
+//! is answered 201 only once it would survive `kill -9`. Norns are stored as JSON by id; history as
+//! a log of group commits (msgpack). redb's API is blocking, so each call
 //! runs on tokio's blocking pool.
 
 use std::path::Path;
@@ -18,7 +18,10 @@ use crate::event::Event;
 use crate::norn::Norn;
 
 const NORNS: TableDefinition<u128, &[u8]> = TableDefinition::new("norns");
-const HISTORY: TableDefinition<u128, &[u8]> = TableDefinition::new("history");
+/// The history log: entry number → a group commit's events.
+const HISTORY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("history_log");
+/// Events per log entry when the log is rewritten by compaction.
+const EVENTS_PER_ENTRY: usize = 4096;
 
 /// Norns in a redb file.
 #[derive(Clone)]
@@ -42,7 +45,7 @@ impl EmbeddedStore {
         })?;
         let write = db.begin_write().map_err(backend)?;
         write.open_table(NORNS).map_err(backend)?;
-        write.open_table(HISTORY).map_err(backend)?;
+        write.open_table(HISTORY_LOG).map_err(backend)?;
         write.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -127,56 +130,62 @@ impl NornStore for EmbeddedStore {
 
 #[async_trait]
 impl HistoryStore for EmbeddedStore {
-    async fn commit(
-        &self,
-        appended: Vec<Arc<Event>>,
-        evicted: Vec<Uuid>,
-    ) -> Result<(), StoreError> {
+    async fn append(&self, events: Vec<Arc<Event>>) -> Result<u64, StoreError> {
         self.blocking(move |db| {
-            // Encoded here, on the blocking pool: a commit can hold thousands of events, and
+            // Encoded here, on the blocking pool: an entry can hold thousands of events, and
             // encoding them on a runtime thread would stall the sessions sharing it.
-            let rows: Vec<(u128, Vec<u8>)> = appended
-                .iter()
-                .map(|event| (event.id.as_u128(), super::encode_event(event)))
-                .collect();
+            let bytes = super::encode_events(&events);
             let write = db.begin_write().map_err(backend)?;
             {
-                let mut table = write.open_table(HISTORY).map_err(backend)?;
-                for (id, bytes) in &rows {
-                    table.insert(*id, bytes.as_slice()).map_err(backend)?;
-                }
-                for id in evicted {
-                    table.remove(id.as_u128()).map_err(backend)?;
-                }
+                let mut table = write.open_table(HISTORY_LOG).map_err(backend)?;
+                let next = match table.last().map_err(backend)? {
+                    Some((last, _)) => last.value() + 1,
+                    None => 0,
+                };
+                table.insert(next, bytes.as_slice()).map_err(backend)?;
             }
-            write.commit().map_err(backend)
+            write.commit().map_err(backend)?;
+            Ok(bytes.len() as u64)
         })
         .await
     }
 
-    async fn load(&self, since_ms: i64) -> Result<Vec<Event>, StoreError> {
+    async fn replace(&self, events: Vec<Arc<Event>>) -> Result<u64, StoreError> {
         self.blocking(move |db| {
-            // UUIDv7 keeps the milliseconds in its top 48 bits.
-            let first_kept = (since_ms.max(0) as u128) << 80;
             let write = db.begin_write().map_err(backend)?;
-            let mut events = Vec::new();
+            let mut written = 0;
             {
-                let mut table = write.open_table(HISTORY).map_err(backend)?;
-                table
-                    .retain_in(..first_kept, |_, _| false)
-                    .map_err(backend)?;
-                for entry in table.iter().map_err(backend)? {
-                    let (id, value) = entry.map_err(backend)?;
-                    let id = Uuid::from_u128(id.value());
-                    match super::decode_event(id, value.value()) {
-                        Ok(event) => events.push(event),
-                        // One bad row must not cost the rest of the history.
-                        Err(error) => tracing::warn!(%error, "Skipping a stored history event."),
-                    }
+                let mut table = write.open_table(HISTORY_LOG).map_err(backend)?;
+                table.retain(|_, _| false).map_err(backend)?;
+                for (entry, chunk) in events.chunks(EVENTS_PER_ENTRY).enumerate() {
+                    let bytes = super::encode_events(chunk);
+                    written += bytes.len() as u64;
+                    table
+                        .insert(entry as u64, bytes.as_slice())
+                        .map_err(backend)?;
                 }
             }
             write.commit().map_err(backend)?;
-            Ok(events)
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn load(&self) -> Result<(Vec<Event>, u64), StoreError> {
+        self.blocking(|db| {
+            let read = db.begin_read().map_err(backend)?;
+            let table = read.open_table(HISTORY_LOG).map_err(backend)?;
+            let (mut events, mut bytes) = (Vec::new(), 0);
+            for entry in table.iter().map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                bytes += value.value().len() as u64;
+                match super::decode_events(value.value()) {
+                    Ok(decoded) => events.extend(decoded),
+                    // One bad entry must not cost the rest of the history.
+                    Err(error) => tracing::warn!(%error, "Skipping a history log entry."),
+                }
+            }
+            Ok((events, bytes))
         })
         .await
     }

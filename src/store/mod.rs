@@ -42,19 +42,24 @@ pub trait NornStore: Send + Sync {
     async fn load_all(&self) -> Result<Vec<Norn>, StoreError>;
 }
 
-/// History kept across restarts. Ids are UUIDv7, so id order is time order.
+/// History kept across restarts, as a log: each group commit appends one entry, and compaction
+/// replaces the whole log with what history holds now. Loading replays the log through the
+/// history's limits, so events that were evicted are evicted again and need no record of their
+/// own.
 #[async_trait]
 pub trait HistoryStore: Send + Sync {
-    /// Writes `appended` and removes `evicted`, in one durable write.
-    async fn commit(&self, appended: Vec<Arc<Event>>, evicted: Vec<Uuid>)
-    -> Result<(), StoreError>;
-    /// Every stored event, oldest first; events older than `since_ms` are removed instead.
-    async fn load(&self, since_ms: i64) -> Result<Vec<Event>, StoreError>;
+    /// Appends `events` as one entry, durably; returns the bytes written.
+    async fn append(&self, events: Vec<Arc<Event>>) -> Result<u64, StoreError>;
+    /// Replaces the whole log with `events`, in one durable write; returns the bytes written.
+    async fn replace(&self, events: Vec<Arc<Event>>) -> Result<u64, StoreError>;
+    /// Every logged event, in the order appended, and the log's size in bytes.
+    async fn load(&self) -> Result<(Vec<Event>, u64), StoreError>;
 }
 
-/// An event as the history store writes it (msgpack).
+/// An event as the history log writes it (msgpack).
 #[derive(Serialize, Deserialize)]
 struct StoredEvent<'a> {
+    id: u128,
     key: std::borrow::Cow<'a, str>,
     kind: std::borrow::Cow<'a, str>,
     source: std::borrow::Cow<'a, str>,
@@ -67,38 +72,48 @@ struct StoredEvent<'a> {
     wrp: Option<Vec<u8>>,
 }
 
-/// The stored form of `event`.
-pub fn encode_event(event: &Event) -> Vec<u8> {
-    let stored = StoredEvent {
-        key: event.key.as_str().into(),
-        kind: event.kind.as_str().into(),
-        source: event.source.into(),
-        time_ms: event.time_ms,
-        content_type: event.content_type.as_str().into(),
-        payload: event.payload.as_ref().into(),
-        wrp: event.wrp.as_ref().map(WrpMessage::to_msgpack),
-    };
-    rmp_serde::to_vec_named(&stored).expect("an event always encodes")
+/// One log entry: `events` as a msgpack array.
+pub fn encode_events(events: &[Arc<Event>]) -> Vec<u8> {
+    let stored: Vec<StoredEvent> = events
+        .iter()
+        .map(|event| StoredEvent {
+            id: event.id.as_u128(),
+            key: event.key.as_str().into(),
+            kind: event.kind.as_str().into(),
+            source: event.source.into(),
+            time_ms: event.time_ms,
+            content_type: event.content_type.as_str().into(),
+            payload: event.payload.as_ref().into(),
+            wrp: event.wrp.as_ref().map(WrpMessage::to_msgpack),
+        })
+        .collect();
+    rmp_serde::to_vec_named(&stored).expect("events always encode")
 }
 
-/// Reads an event written by [`encode_event`].
-pub fn decode_event(id: Uuid, bytes: &[u8]) -> Result<Event, StoreError> {
-    let corrupt = |error: String| StoreError::Corrupt(format!("history event {id}: {error}"));
-    let stored: StoredEvent = rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let wrp = match stored.wrp {
-        Some(bytes) => {
-            Some(WrpMessage::from_msgpack(&bytes).map_err(|error| corrupt(error.to_string()))?)
-        }
-        None => None,
-    };
-    Ok(Event {
-        id,
-        key: stored.key.into_owned(),
-        kind: stored.kind.into_owned(),
-        source: crate::event::source_name(&stored.source),
-        time_ms: stored.time_ms,
-        content_type: stored.content_type.into_owned(),
-        payload: Bytes::from(stored.payload.into_owned()),
-        wrp,
-    })
+/// Reads a log entry written by [`encode_events`].
+pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, StoreError> {
+    let corrupt = |error: String| StoreError::Corrupt(format!("history log entry: {error}"));
+    let stored: Vec<StoredEvent> =
+        rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    stored
+        .into_iter()
+        .map(|stored| {
+            let wrp = match stored.wrp {
+                Some(bytes) => Some(
+                    WrpMessage::from_msgpack(&bytes).map_err(|error| corrupt(error.to_string()))?,
+                ),
+                None => None,
+            };
+            Ok(Event {
+                id: Uuid::from_u128(stored.id),
+                key: stored.key.into_owned(),
+                kind: stored.kind.into_owned(),
+                source: crate::event::source_name(&stored.source),
+                time_ms: stored.time_ms,
+                content_type: stored.content_type.into_owned(),
+                payload: Bytes::from(stored.payload.into_owned()),
+                wrp,
+            })
+        })
+        .collect()
 }
