@@ -29,9 +29,10 @@ use crate::sink::websocket::{self, Heartbeat};
 
 /// Most keys one `/v1/stream` session may follow.
 pub const MAX_STREAM_KEYS: usize = 64;
-/// Frames from clients are small (announcements, pongs); a small read buffer keeps idle sessions
-/// cheap.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Frames from clients are small (announcements, pongs): a small read buffer keeps idle sessions
+/// cheap, and anything larger than `WS_MAX_MESSAGE` is refused rather than buffered.
+const WS_READ_BUFFER: usize = 2 * 1024;
+const WS_MAX_MESSAGE: usize = 64 * 1024;
 /// Outgoing frames are written through at once rather than gathered.
 const WS_WRITE_BUFFER: usize = 0;
 
@@ -109,6 +110,8 @@ fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
 }
 
 #[derive(Debug, Deserialize)]

@@ -294,6 +294,8 @@ async fn subscriber(
 /// One scenario's figures for one server.
 struct Row {
     server: ServerKind,
+    /// The publish rate asked for (`None`: as fast as the server takes them).
+    rate: Option<f64>,
     transport: Transport,
     subscribers: usize,
     keys: usize,
@@ -313,6 +315,7 @@ async fn scenario(
     keys: usize,
     seconds: u64,
     publishers: usize,
+    rate: Option<f64>,
 ) -> anyhow::Result<Row> {
     let server = ServerProcess::start(kind).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -359,7 +362,7 @@ async fn scenario(
     let idle_bytes_per_session =
         (server.rss_bytes() as f64 - rss_before as f64) / subscribers as f64;
 
-    // Publish as fast as the server takes it, round robin over the keys.
+    // Publish as fast as the server takes it (or at `rate` per second), round robin over the keys.
     let publish_client = reqwest::Client::builder()
         .pool_max_idle_per_host(publishers)
         .tcp_nodelay(true)
@@ -369,7 +372,8 @@ async fn scenario(
     let published = Arc::new(AtomicU64::new(0));
     let cpu_before = server.cpu_seconds();
     let started = micros_now();
-    let until = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
     let mut workers = Vec::new();
     for _ in 0..publishers {
         let (server, client, next, published, keys) = (
@@ -382,6 +386,14 @@ async fn scenario(
         workers.push(tokio::spawn(async move {
             while Instant::now() < until {
                 let i = next.fetch_add(1, Ordering::Relaxed);
+                if let Some(rate) = rate {
+                    // Message i is due i/rate seconds after the start.
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    if due >= until {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let key = &keys[i % keys.len()];
                 if let Ok(response) = server.publish(&client, key).send().await
                     && response.status().is_success()
@@ -428,6 +440,7 @@ async fn scenario(
     };
     Ok(Row {
         server: kind,
+        rate,
         transport,
         subscribers,
         keys,
@@ -441,7 +454,28 @@ async fn scenario(
     })
 }
 
-/// Runs every scenario against brunnr and Nchan and prints the table and the ratios.
+fn print_row(row: &Row) {
+    println!(
+        "{:<7} {:<9} {:>6}/{:<6} {:>6} {:>10.0} {:>12.0} {:>8} {:>8.2} {:>8.2} {:>12.1} {:>11.1}",
+        format!("{:?}", row.server).to_lowercase(),
+        format!("{:?}", row.transport).to_lowercase(),
+        row.subscribers,
+        row.keys,
+        row.rate
+            .map_or("max".to_string(), |rate| format!("{rate:.0}")),
+        row.published_per_s,
+        row.deliveries_per_s,
+        row.lost,
+        row.p50_ms,
+        row.p99_ms,
+        row.cpu_us_per_delivery,
+        row.idle_bytes_per_session / 1024.0
+    );
+}
+
+/// Runs every scenario against brunnr and Nchan and prints the table and the ratios. Each
+/// scenario runs twice per server: publishing as fast as the server takes it (throughput), then
+/// both at the same rate, half of Nchan's maximum (latency at equal load).
 pub async fn run(seconds: u64, publishers: usize) -> anyhow::Result<()> {
     nginx()?;
     if !Path::new("/usr/lib/nginx/modules/ngx_nchan_module.so").is_file() {
@@ -451,11 +485,12 @@ pub async fn run(seconds: u64, publishers: usize) -> anyhow::Result<()> {
         "brunnr bench --live: {seconds} s of publishing per run, {publishers} publishing connections"
     );
     println!(
-        "{:<7} {:<9} {:>6}/{:<6} {:>10} {:>12} {:>8} {:>8} {:>8} {:>12} {:>11}",
+        "{:<7} {:<9} {:>6}/{:<6} {:>6} {:>10} {:>12} {:>8} {:>8} {:>8} {:>12} {:>11}",
         "server",
         "transport",
         "subs",
         "keys",
+        "rate",
         "publish/s",
         "deliveries/s",
         "lost",
@@ -464,39 +499,56 @@ pub async fn run(seconds: u64, publishers: usize) -> anyhow::Result<()> {
         "CPU µs/deliv",
         "idle KiB/s"
     );
-    let mut rows = Vec::new();
+    let mut summary = Vec::new();
     for (subscribers, keys) in [(1_000, 100), (10_000, 10_000)] {
         for transport in [Transport::Sse, Transport::WebSocket] {
-            for kind in [ServerKind::Brunnr, ServerKind::Nchan] {
-                let row = scenario(kind, transport, subscribers, keys, seconds, publishers).await?;
-                println!(
-                    "{:<7} {:<9} {:>6}/{:<6} {:>10.0} {:>12.0} {:>8} {:>8.2} {:>8.2} {:>12.1} {:>11.1}",
-                    format!("{:?}", row.server).to_lowercase(),
-                    format!("{:?}", row.transport).to_lowercase(),
-                    row.subscribers,
-                    row.keys,
-                    row.published_per_s,
-                    row.deliveries_per_s,
-                    row.lost,
-                    row.p50_ms,
-                    row.p99_ms,
-                    row.cpu_us_per_delivery,
-                    row.idle_bytes_per_session / 1024.0
-                );
+            let mut rows = Vec::new();
+            for kind in [ServerKind::Nchan, ServerKind::Brunnr] {
+                let row = scenario(
+                    kind,
+                    transport,
+                    subscribers,
+                    keys,
+                    seconds,
+                    publishers,
+                    None,
+                )
+                .await?;
+                print_row(&row);
                 rows.push(row);
             }
+            let rate = rows[0].published_per_s / 2.0;
+            for kind in [ServerKind::Nchan, ServerKind::Brunnr] {
+                let row = scenario(
+                    kind,
+                    transport,
+                    subscribers,
+                    keys,
+                    seconds,
+                    publishers,
+                    Some(rate),
+                )
+                .await?;
+                print_row(&row);
+                rows.push(row);
+            }
+            summary.push(rows);
         }
     }
     println!();
-    for pair in rows.chunks(2) {
-        let (brunnr, nchan) = (&pair[0], &pair[1]);
+    for rows in &summary {
+        let [nchan, brunnr, nchan_paced, brunnr_paced] = &rows[..] else {
+            unreachable!("four runs per scenario")
+        };
         println!(
-            "{:>6}/{:<6} {:<9} brunnr/nchan: deliveries/s {:.2}x, p99 {:.2}x, CPU per delivery {:.2}x, idle memory per session {:.2}x",
+            "{:>6}/{:<6} {:<9} brunnr/nchan: deliveries/s {:.2}x (p99 {:.2}x), p99 at {:.0} publishes/s {:.2}x, CPU per delivery {:.2}x, idle memory per session {:.2}x",
             brunnr.subscribers,
             brunnr.keys,
             format!("{:?}", brunnr.transport).to_lowercase(),
             brunnr.deliveries_per_s / nchan.deliveries_per_s,
             brunnr.p99_ms / nchan.p99_ms,
+            nchan_paced.rate.unwrap_or_default(),
+            brunnr_paced.p99_ms / nchan_paced.p99_ms,
             brunnr.cpu_us_per_delivery / nchan.cpu_us_per_delivery,
             brunnr.idle_bytes_per_session / nchan.idle_bytes_per_session
         );
