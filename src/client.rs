@@ -194,17 +194,37 @@ pub async fn tail(server: &ServerArgs, args: TailArgs) -> anyhow::Result<()> {
         eprintln!("{}", response.text().await.unwrap_or_default());
         bail!("the server answered {status}");
     }
-    let mut buffer = String::new();
+    let mut frames = SseFrames::default();
     while let Some(chunk) = response.chunk().await? {
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            for line in buffer[..end].lines() {
+        frames.push(&chunk);
+        while let Some(frame) = frames.next_frame() {
+            for line in frame.lines() {
                 if let Some(data) = line.strip_prefix("data: ") {
                     println!("{data}");
                 }
             }
-            buffer.drain(..end + 2);
         }
     }
     Ok(())
+}
+
+/// Splits an SSE byte stream into frames (the text before each blank line). Bytes are kept until
+/// a frame is whole, so a character split across chunks stays whole.
+#[derive(Default)]
+pub struct SseFrames {
+    buffer: Vec<u8>,
+}
+
+impl SseFrames {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next whole frame, without its blank line.
+    pub fn next_frame(&mut self) -> Option<String> {
+        let end = self.buffer.windows(2).position(|pair| pair == b"\n\n")?;
+        let frame = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+        self.buffer.drain(..end + 2);
+        Some(frame)
+    }
 }

@@ -121,16 +121,27 @@ impl Server {
         tracing::info!(%address, auth = state.auth.is_enabled(), "brunnr is listening.");
         let http_stop = stop.clone();
         let live = hub.live().clone();
-        axum::serve(listener, api::app(state))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                ready.store(false, Ordering::Relaxed);
-                http_stop.cancel();
-                // Live sessions end now: SSE responses would otherwise hold the server open.
-                live.begin_shutdown();
-                tracing::info!("Shutting down: no new connections.");
-            })
-            .await?;
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let stopping_signal = stopping.clone();
+        let serve = axum::serve(listener, api::app(state)).with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            http_stop.cancel();
+            // Live sessions end now: SSE responses would otherwise hold the server open.
+            live.begin_shutdown();
+            stopping_signal.notify_one();
+            tracing::info!("Shutting down: no new connections.");
+        });
+        // Connections get `server.drain_timeout` to finish; one that cannot (an SSE client that
+        // stopped reading is never polled again) is dropped then.
+        let drain_timeout = config.server.drain_timeout;
+        tokio::select! {
+            served = serve.into_future() => served?,
+            _ = async {
+                stopping.notified().await;
+                tokio::time::sleep(drain_timeout).await;
+            } => tracing::warn!(timeout = ?drain_timeout, "Connections still open after the drain timeout were dropped."),
+        }
 
         stop.cancel();
         let _ = expiry_task.await;

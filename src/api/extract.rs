@@ -41,7 +41,7 @@ pub fn authenticate_or_token(
     };
     let credentials = Authenticator::credentials(
         header(AUTHORIZATION.as_str()),
-        header("x-auth-token").or(token),
+        header(X_AUTH_TOKEN).or(token),
     );
     state
         .auth
@@ -53,6 +53,14 @@ pub fn authenticate_or_token(
             AuthError::Invalid => ApiError::unauthorized("the credentials are not valid"),
         })
 }
+
+/// Whether the request carries credentials at all (headers or a `?token=`).
+pub fn has_credentials(headers: &HeaderMap, token: Option<&str>) -> bool {
+    headers.contains_key(AUTHORIZATION) || headers.contains_key(X_AUTH_TOKEN) || token.is_some()
+}
+
+/// monit's header for tokens.
+const X_AUTH_TOKEN: &str = "x-auth-token";
 
 /// The caller, if it has `role`.
 pub fn require_role(principal: Principal, role: Role) -> Result<Principal, ApiError> {
@@ -103,6 +111,23 @@ impl FromRequestParts<AppState> for NornId {
         uuid::Uuid::parse_str(&id)
             .map(NornId)
             .map_err(|_| ApiError::not_found())
+    }
+}
+
+/// A query string, refused with 400 `invalid_query` in the API's error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(query)| ApiQuery(query))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
     }
 }
 

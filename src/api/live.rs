@@ -8,17 +8,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{FromRequestParts, Query, Request, State};
-use axum::http::header::{ACCEPT, AUTHORIZATION, UPGRADE};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::{ACCEPT, UPGRADE};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, authenticate_or_token, require_role};
+use super::extract::{Admin, ApiQuery, authenticate_or_token, has_credentials, require_role};
 use crate::auth::{Authenticator, Principal, Role};
 use crate::hub::history::Replay;
 use crate::hub::live::{Live, OpenError};
@@ -36,9 +36,19 @@ const WS_MAX_MESSAGE: usize = 64 * 1024;
 /// Outgoing frames are written through at once rather than gathered.
 const WS_WRITE_BUFFER: usize = 0;
 
-fn refused(reason: &'static str, error: ApiError) -> ApiError {
+fn count_refusal(reason: &'static str) {
     metrics::counter!(m::LIVE_REFUSED, "reason" => reason).increment(1);
+}
+
+fn refused(reason: &'static str, error: ApiError) -> ApiError {
+    count_refusal(reason);
     error
+}
+
+fn websocket_required(
+    rejection: axum::extract::ws::rejection::WebSocketUpgradeRejection,
+) -> ApiError {
+    ApiError::bad_request("websocket_required", rejection.body_text())
 }
 
 fn heartbeat(state: &AppState) -> Heartbeat {
@@ -138,15 +148,13 @@ struct Announcement {
               (status = 503, description = "live.max_connections reached")))]
 pub async fn subscribe_to_events(
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
+    ApiQuery(query): ApiQuery<TokenQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let has_credentials = headers.contains_key(AUTHORIZATION)
-        || headers.contains_key("x-auth-token")
-        || query.token.is_some();
     // Credentials at the upgrade are checked now; without any, the announcement must bring them.
-    let principal = if has_credentials || !state.auth.is_enabled() {
+    let principal = if has_credentials(&headers, query.token.as_deref()) || !state.auth.is_enabled()
+    {
         Some(
             authenticate_or_token(&state, &headers, query.token.as_deref())
                 .map_err(|error| refused("auth", error))?,
@@ -154,8 +162,7 @@ pub async fn subscribe_to_events(
     } else {
         None
     };
-    let upgrade = upgrade
-        .map_err(|rejection| ApiError::bad_request("websocket_required", rejection.body_text()))?;
+    let upgrade = upgrade.map_err(websocket_required)?;
     let connection = reserve(state.hub.live())?;
     let live = state.hub.live().clone();
     let auth = state.auth.clone();
@@ -175,11 +182,18 @@ async fn notifier_session(
     connection: OwnedSemaphorePermit,
     heartbeat: Heartbeat,
 ) {
-    let refuse = |reason: &'static str| {
-        metrics::counter!(m::LIVE_REFUSED, "reason" => reason).increment(1);
-    };
+    let refuse = count_refusal;
+    // One deadline for the whole wait: pings do not extend it.
+    let deadline = tokio::time::Instant::now() + heartbeat.timeout;
     let announcement = loop {
-        match tokio::time::timeout(heartbeat.timeout, socket.recv()).await {
+        let message = tokio::select! {
+            message = tokio::time::timeout_at(deadline, socket.recv()) => message,
+            _ = live.shutdown_started() => {
+                websocket::close(&mut socket, close_code::AWAY, "server shutting down").await;
+                return;
+            }
+        };
+        match message {
             Ok(Some(Ok(Message::Text(text)))) => {
                 break serde_json::from_str::<Announcement>(&text)
                     .ok()
@@ -187,8 +201,12 @@ async fn notifier_session(
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => break None,
-            // Gone, or silent for too long.
-            _ => return,
+            Ok(_) => return, // gone
+            Err(_) => {
+                refuse("announcement");
+                websocket::close(&mut socket, close_code::POLICY, "no announcement").await;
+                return;
+            }
         }
     };
     let Some(announcement) = announcement else {
@@ -258,7 +276,7 @@ pub struct MonitQuery {
               (status = 429, description = "live.max_sessions_per_key reached"), (status = 503, description = "live.max_connections reached")))]
 pub async fn monit_events(
     State(state): State<AppState>,
-    Query(query): Query<MonitQuery>,
+    ApiQuery(query): ApiQuery<MonitQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let keys: Vec<String> = query.stream.into_iter().filter(|s| !s.is_empty()).collect();
@@ -273,13 +291,17 @@ pub async fn monit_events(
     // client learns so at once instead of waiting on an inbox that is over.
     let replay = last_event_id(&headers)?.map_or(Replay::Latest, Replay::After);
     let connection = reserve(state.hub.live())?;
-    let mut session = state
-        .hub
-        .live()
+    let live = state.hub.live();
+    let inbox = keys[0].clone();
+    let mut session = live
         .open(keys, &replay, "sse", connection)
         .map_err(open_error)?;
     if replay == Replay::Latest {
         session.missed.retain(|event| closes_inbox(event));
+    } else if session.missed.is_empty() && live.latest(&inbox).is_some_and(|e| closes_inbox(&e)) {
+        // A client that saw the close comes back (EventSource reconnects by itself): 204 tells
+        // it to stop.
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     Ok(sse::response(
         session,
@@ -366,9 +388,7 @@ pub async fn stream(State(state): State<AppState>, request: Request) -> Result<R
         Some(
             WebSocketUpgrade::from_request_parts(&mut parts, &state)
                 .await
-                .map_err(|rejection| {
-                    ApiError::bad_request("websocket_required", rejection.body_text())
-                })?,
+                .map_err(websocket_required)?,
         )
     } else if wants_sse {
         None

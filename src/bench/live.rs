@@ -255,17 +255,16 @@ async fn subscriber(
                 return latencies;
             };
             counters.connected.fetch_add(1, Ordering::Relaxed);
-            let mut buffer = String::new();
+            let mut frames = crate::client::SseFrames::default();
             loop {
                 let chunk = tokio::select! {
                     chunk = response.chunk() => chunk,
                     _ = stop.cancelled() => break,
                 };
                 let Ok(Some(chunk)) = chunk else { break };
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    record(&buffer[..end]);
-                    buffer.drain(..end + 2);
+                frames.push(&chunk);
+                while let Some(frame) = frames.next_frame() {
+                    record(&frame);
                 }
             }
         }

@@ -26,7 +26,8 @@ pub enum Replay {
     None,
     /// Events with `time_ms >= since` (notifier `timestamp`, `/v1/stream?since=`).
     Since(i64),
-    /// Events after this id (`Last-Event-ID`; ids are time-ordered).
+    /// Events after this one (`Last-Event-ID`): those that followed it in the key's history, or,
+    /// once it has left history, those with a later id (ids are time-ordered).
     After(Uuid),
     /// The key's latest event only (monit: is the inbox already closed?).
     Latest,
@@ -111,6 +112,10 @@ impl KeyHistory {
         self.events.front()
     }
 
+    pub fn newest(&self) -> Option<&Arc<Event>> {
+        self.events.back()
+    }
+
     pub fn pop_oldest(&mut self) -> Option<Arc<Event>> {
         self.events.pop_front()
     }
@@ -139,9 +144,12 @@ impl KeyHistory {
                     .filter(|event| event.time_ms >= *since)
                     .cloned(),
             ),
-            Replay::After(id) => {
-                out.extend(self.events.iter().filter(|event| event.id > *id).cloned())
-            }
+            // By position when the event is still here: two publishes to one key can reach
+            // history in the opposite order of their ids, and the client saw history's order.
+            Replay::After(id) => match self.events.iter().rposition(|event| event.id == *id) {
+                Some(position) => out.extend(self.events.iter().skip(position + 1).cloned()),
+                None => out.extend(self.events.iter().filter(|event| event.id > *id).cloned()),
+            },
             Replay::Latest => out.extend(self.events.back().cloned()),
         }
         let mut index = 0;
@@ -198,6 +206,22 @@ mod tests {
         out.clear();
         history.replay(&Replay::Latest, 0, &mut out);
         assert_eq!(out[0].time_ms, 50);
+    }
+
+    #[test]
+    fn replay_after_an_id_follows_history_order() {
+        let limits = HistoryLimits {
+            max_events: 10,
+            max_age_ms: i64::MAX,
+        };
+        let (older, newer) = (event(1), event(2));
+        let mut history = KeyHistory::default();
+        // The newer id reached history first.
+        history.push(newer.clone(), limits, 0, &mut |_| {});
+        history.push(older.clone(), limits, 0, &mut |_| {});
+        let mut out = Vec::new();
+        history.replay(&Replay::After(newer.id), 0, &mut out);
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), [older.id]);
     }
 
     #[test]

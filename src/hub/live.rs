@@ -105,6 +105,13 @@ struct KeyState {
     sessions: Vec<SessionTx>,
 }
 
+impl KeyState {
+    /// Nothing kept and nobody listening: the key can go.
+    fn is_idle(&self) -> bool {
+        self.history.is_empty() && self.sessions.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     keys: HashMap<String, KeyState>,
@@ -113,6 +120,20 @@ struct Shard {
     /// Events not yet in the store's log (per shard: publishers of different keys do not meet
     /// on one lock).
     pending: Vec<Arc<Event>>,
+}
+
+impl Shard {
+    /// Queues `events` for the store. Past the bound, the oldest unsaved go first (and are
+    /// counted): the newest are what replay needs.
+    fn log(&mut self, events: &[Arc<Event>]) {
+        self.pending.extend_from_slice(events);
+        let bound = MAX_UNSAVED / SHARDS;
+        if self.pending.len() > bound {
+            let excess = self.pending.len() - bound;
+            self.pending.drain(..excess);
+            metrics::counter!(m::HISTORY_UNSAVED).increment(excess as u64);
+        }
+    }
 }
 
 /// Why a session could not be opened.
@@ -140,8 +161,13 @@ pub struct Live {
     log_bytes: AtomicU64,
     /// A log smaller than this is never compacted.
     min_compact_bytes: u64,
+    /// The last write failed: the next one rewrites the whole log.
+    rewrite_log: std::sync::atomic::AtomicBool,
     /// Set once shutdown began: sessions opening after it are closed at once.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Cancelled when shutdown begins, for connections that are not sessions yet (a notifier
+    /// waiting for its announcement); sessions have their own signal.
+    shutdown: CancellationToken,
     /// Session tasks, so shutdown can wait for their close frames.
     tracker: TaskTracker,
 }
@@ -158,7 +184,9 @@ impl Live {
             bytes: AtomicUsize::new(0),
             log_bytes: AtomicU64::new(0),
             min_compact_bytes: MIN_COMPACT_BYTES,
+            rewrite_log: std::sync::atomic::AtomicBool::new(false),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }
     }
@@ -178,7 +206,6 @@ impl Live {
     /// Keeps `events` (all of one key) in history and hands them, as one batch, to the key's
     /// sessions. Never waits: a session whose channel is full is closed as a slow consumer.
     pub fn publish(&self, key: &str, events: &[Arc<Event>]) {
-        let now = now_ms();
         let mut shard = self
             .shard(key)
             .lock()
@@ -190,18 +217,11 @@ impl Live {
             }
             shard.keys.insert(key.to_owned(), KeyState::default());
         }
-        let state = shard.keys.get_mut(key).expect("inserted above");
-        let mut pending = PendingDelta::default();
-        for event in events {
-            if self.limits.max_events > 0 {
-                pending.added(event);
-                state
-                    .history
-                    .push(event.clone(), self.limits, now, &mut |old| {
-                        pending.evicted(&old)
-                    });
-            }
-        }
+        self.hold(shard, key, events, true);
+        // Holding may have evicted the key's last events (and the key) to stay in budget.
+        let Some(state) = shard.keys.get_mut(key) else {
+            return;
+        };
         if !state.sessions.is_empty() {
             let batch: LiveBatch = Arc::new(Batch::new(events));
             state
@@ -215,18 +235,49 @@ impl Live {
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
         }
-        if state.history.is_empty() && state.sessions.is_empty() {
+        if state.is_idle() {
             shard.keys.remove(key);
         }
-        shard.bytes = (shard.bytes + pending.added_bytes).saturating_sub(pending.evicted_bytes);
-        if shard.bytes > self.shard_budget() {
-            self.evict_oldest(shard, &mut pending);
-        }
-        self.record(shard, pending);
     }
 
-    /// Evicts the shard's oldest events until it holds 90 % of its budget.
-    fn evict_oldest(&self, shard: &mut Shard, pending: &mut PendingDelta) {
+    /// Puts `events` in `key`'s history (the key must be in the shard), within the limits and
+    /// the shard's budget, and queues what is still held for the store when `log`.
+    fn hold(&self, shard: &mut Shard, key: &str, events: &[Arc<Event>], log: bool) {
+        if self.limits.max_events == 0 {
+            return;
+        }
+        let now = now_ms();
+        let state = shard
+            .keys
+            .get_mut(key)
+            .expect("the caller inserted the key");
+        let (mut added, mut freed) = (0, 0);
+        for event in events {
+            added += event_size(event);
+            state
+                .history
+                .push(event.clone(), self.limits, now, &mut |old| {
+                    freed += event_size(&old)
+                });
+        }
+        if log {
+            // A push of more events than the history keeps logs only those it keeps.
+            let kept = events.len().min(state.history.len());
+            shard.log(&events[events.len() - kept..]);
+        }
+        shard.bytes = (shard.bytes + added).saturating_sub(freed);
+        // Added first: only bytes added before are ever taken away, so this never wraps.
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        if shard.bytes > self.shard_budget() {
+            let freed = self.evict_oldest(shard);
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+    }
+
+    /// Evicts the shard's oldest events until it holds 90 % of its budget; returns the bytes
+    /// freed.
+    fn evict_oldest(&self, shard: &mut Shard) -> usize {
         let target = self.shard_budget() / 10 * 9;
         let mut oldest: BinaryHeap<std::cmp::Reverse<(Uuid, String)>> = shard
             .keys
@@ -243,37 +294,33 @@ impl Live {
             let state = shard.keys.get_mut(&key).expect("collected from the map");
             if let Some(event) = state.history.pop_oldest() {
                 freed += event_size(&event);
-                pending.evicted(&event);
             }
             match state.history.oldest() {
                 Some(next) => oldest.push(std::cmp::Reverse((next.id, key))),
-                None if state.sessions.is_empty() => {
+                None if state.is_idle() => {
                     shard.keys.remove(&key);
                 }
                 None => {}
             }
         }
         shard.bytes = shard.bytes.saturating_sub(freed);
-        pending.evicted_bytes += freed;
+        freed
     }
 
-    /// Adds what one change did to the shard's unsaved events and the memory count.
-    fn record(&self, shard: &mut Shard, delta: PendingDelta) {
-        if delta.appended.is_empty() && delta.evicted_bytes == 0 {
-            return;
-        }
-        let change = delta.added_bytes as isize - delta.evicted_bytes as isize;
-        if change >= 0 {
-            self.bytes.fetch_add(change as usize, Ordering::Relaxed);
-        } else {
-            self.bytes
-                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
-        }
-        let room = (MAX_UNSAVED / SHARDS).saturating_sub(shard.pending.len());
-        if delta.appended.len() > room {
-            metrics::counter!(m::HISTORY_UNSAVED).increment((delta.appended.len() - room) as u64);
-        }
-        shard.pending.extend(delta.appended.into_iter().take(room));
+    /// Resolves once shutdown has begun.
+    pub fn shutdown_started(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
+    /// The bytes history holds now, by [`event_size`].
+    pub fn held_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The latest event kept for `key`.
+    pub fn latest(&self, key: &str) -> Option<Arc<Event>> {
+        let shard = self.shard(key).lock().expect("never poisoned");
+        shard.keys.get(key)?.history.newest().cloned()
     }
 
     /// Reserves one of `live.max_connections`; hold it for the connection's life.
@@ -301,8 +348,7 @@ impl Live {
             let mut shard = self.shard(key).lock().expect("never poisoned");
             let state = shard.keys.entry(key.clone()).or_default();
             if state.sessions.len() >= self.config.max_sessions_per_key {
-                let remove_empty = state.history.is_empty() && state.sessions.is_empty();
-                if remove_empty {
+                if state.is_idle() {
                     shard.keys.remove(key);
                 }
                 drop(shard);
@@ -345,7 +391,7 @@ impl Live {
             let mut shard = self.shard(key).lock().expect("never poisoned");
             if let Some(state) = shard.keys.get_mut(key) {
                 state.sessions.retain(|session| session.id != id);
-                if state.sessions.is_empty() && state.history.is_empty() {
+                if state.is_idle() {
                     shard.keys.remove(key);
                 }
             }
@@ -397,6 +443,7 @@ impl Live {
         // Each session is told through its own signal, so that waiting for the next batch never
         // touches a lock shared by every session.
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
         for shard in self.shards.iter() {
             let shard = shard.lock().expect("never poisoned");
             for state in shard.keys.values() {
@@ -436,19 +483,13 @@ impl Live {
     fn keep(&self, key: &str, event: Arc<Event>) {
         let mut shard = self.shard(key).lock().expect("never poisoned");
         let shard = &mut *shard;
-        let state = shard.keys.entry(key.to_owned()).or_default();
-        let mut delta = PendingDelta {
-            added_bytes: event_size(&event),
-            ..Default::default()
-        };
-        state
-            .history
-            .push(event, self.limits, now_ms(), &mut |old| delta.evicted(&old));
-        shard.bytes = (shard.bytes + delta.added_bytes).saturating_sub(delta.evicted_bytes);
-        if shard.bytes > self.shard_budget() {
-            self.evict_oldest(shard, &mut delta);
+        if !shard.keys.contains_key(key) {
+            shard.keys.insert(key.to_owned(), KeyState::default());
         }
-        self.record(shard, delta);
+        self.hold(shard, key, &[event], false);
+        if shard.keys.get(key).is_some_and(KeyState::is_idle) {
+            shard.keys.remove(key);
+        }
     }
 
     /// Commits history changes every `commit_interval` until `stop`, then once more.
@@ -481,8 +522,10 @@ impl Live {
     pub async fn flush(&self, store: &dyn HistoryStore) {
         let held = self.bytes.load(Ordering::Relaxed) as u64;
         metrics::gauge!(m::HISTORY_BYTES).set(held as f64);
-        let compact =
-            self.log_bytes.load(Ordering::Relaxed) > (2 * held).max(self.min_compact_bytes);
+        // After a failed write the log lacks events that are no longer pending: rewrite it whole.
+        let compact = self.rewrite_log.swap(false, Ordering::Relaxed)
+            || self.log_bytes.load(Ordering::Relaxed)
+                > held.saturating_mul(2).max(self.min_compact_bytes);
         let mut events = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("never poisoned");
@@ -518,10 +561,8 @@ impl Live {
             }
             Err(error) => {
                 metrics::counter!(m::HISTORY_COMMITS, "outcome" => "error").increment(1);
-                if !compact {
-                    metrics::counter!(m::HISTORY_UNSAVED).increment(count);
-                }
-                tracing::error!(%error, events = count, compact, "History could not be saved; it stays in memory.");
+                self.rewrite_log.store(true, Ordering::Relaxed);
+                tracing::error!(%error, events = count, compact, "History could not be saved; the next commit rewrites the log from memory.");
             }
         }
     }
@@ -530,39 +571,17 @@ impl Live {
     fn sweep_aged(&self) {
         let now = now_ms();
         for shard in self.shards.iter() {
-            let mut delta = PendingDelta::default();
-            {
-                let mut shard = shard.lock().expect("never poisoned");
-                let shard = &mut *shard;
-                shard.keys.retain(|_, state| {
-                    state
-                        .history
-                        .trim(self.limits, now, &mut |old| delta.evicted(&old));
-                    !(state.history.is_empty() && state.sessions.is_empty())
-                });
-                shard.bytes = shard.bytes.saturating_sub(delta.evicted_bytes);
-                self.record(shard, delta);
-            }
+            let mut shard = shard.lock().expect("never poisoned");
+            let mut freed = 0;
+            shard.keys.retain(|_, state| {
+                state
+                    .history
+                    .trim(self.limits, now, &mut |old| freed += event_size(&old));
+                !state.is_idle()
+            });
+            shard.bytes = shard.bytes.saturating_sub(freed);
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
         }
-    }
-}
-
-/// What one publish changed in history.
-#[derive(Default)]
-struct PendingDelta {
-    appended: Vec<Arc<Event>>,
-    added_bytes: usize,
-    evicted_bytes: usize,
-}
-
-impl PendingDelta {
-    fn added(&mut self, event: &Arc<Event>) {
-        self.added_bytes += event_size(event);
-        self.appended.push(event.clone());
-    }
-
-    fn evicted(&mut self, event: &Event) {
-        self.evicted_bytes += event_size(event);
     }
 }
 
@@ -646,8 +665,13 @@ mod tests {
     }
 
     fn live(min_compact_bytes: u64) -> Arc<Live> {
+        live_with(min_compact_bytes, LiveConfig::default().history.max_bytes)
+    }
+
+    fn live_with(min_compact_bytes: u64, max_bytes: u64) -> Arc<Live> {
         let mut config = LiveConfig::default();
         config.history.max_events = 3;
+        config.history.max_bytes = max_bytes;
         let mut live = Live::new(&config);
         live.min_compact_bytes = min_compact_bytes;
         Arc::new(live)
@@ -687,8 +711,9 @@ mod tests {
         assert_eq!(replay(&second, "b"), [1, 2]);
 
         // Compaction rewrites the log as what history holds, pending events included.
-        let third = live(0);
+        let third = live(u64::MAX);
         third.load(&store).await.unwrap();
+        third.rewrite_log.store(true, Ordering::Relaxed);
         third.publish("b", &[event("b", 3)]);
         third.flush(&store).await;
         let (logged, _) = store.load().await.unwrap();
@@ -703,5 +728,62 @@ mod tests {
         let fourth = live(u64::MAX);
         fourth.load(&store).await.unwrap();
         assert_eq!(replay(&fourth, "b"), [1, 2, 3]);
+    }
+
+    /// What the shards hold, counted the slow way.
+    fn counted(live: &Live) -> usize {
+        live.shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.lock().unwrap();
+                let sum: usize = shard
+                    .keys
+                    .values()
+                    .flat_map(|state| state.history.iter())
+                    .map(|event| event_size(event))
+                    .sum();
+                assert_eq!(sum, shard.bytes, "a shard's count matches its events");
+                sum
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn memory_is_counted_through_evictions_restarts_and_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let first = live(u64::MAX);
+        // One push of more events than a key keeps: only the last three are held and logged.
+        let batch: Vec<_> = (1..=10).map(|n| event("a", n)).collect();
+        first.publish("a", &batch);
+        first.publish("b", &[event("b", 1)]);
+        assert_eq!(first.held_bytes(), counted(&first));
+        first.flush(&store).await;
+        assert_eq!(
+            store.load().await.unwrap().0.len(),
+            4,
+            "only what is held is logged"
+        );
+
+        let second = live(u64::MAX);
+        second.load(&store).await.unwrap();
+        assert_eq!(replay(&second, "a"), [8, 9, 10]);
+        assert!(second.held_bytes() > 0);
+        assert_eq!(second.held_bytes(), counted(&second));
+        second.publish("a", &[event("a", 11)]);
+        assert_eq!(second.held_bytes(), counted(&second));
+
+        // A budget of a few events per shard: the oldest go, and the count follows.
+        let budget = 32 * 4 * event_size(&event("k", 0)) as u64;
+        let small = live_with(u64::MAX, budget);
+        for n in 0..500 {
+            small.publish(&format!("k{}", n % 50), &[event("x", n)]);
+        }
+        assert_eq!(small.held_bytes(), counted(&small));
+        assert!(
+            small.held_bytes() as u64 <= budget,
+            "{} > {budget}",
+            small.held_bytes()
+        );
     }
 }

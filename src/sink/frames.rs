@@ -54,7 +54,7 @@ impl Format {
 
 /// Whether `event` closes a monit inbox (its SSE response ends after it).
 pub fn closes_inbox(event: &Event) -> bool {
-    event.kind == INBOX_DONE || event.kind == INBOX_ERROR
+    event.source == "monit" && (event.kind == INBOX_DONE || event.kind == INBOX_ERROR)
 }
 
 /// The events of one publish for one key, with their encodings as sessions ask for them.

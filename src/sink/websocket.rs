@@ -63,6 +63,8 @@ pub async fn run(
     heartbeat: Heartbeat,
 ) {
     let stop = serve(&mut socket, &mut session, format, heartbeat).await;
+    // Off its keys before the goodbye, which may take up to CLOSE_TIMEOUT on a stalled socket.
+    drop(session);
     if let Stop::Close(code, reason) = stop {
         close(&mut socket, code, reason).await;
     }
@@ -81,7 +83,7 @@ async fn serve(
             .increment(missed.len() as u64);
         let frames = text_frames(&format.encode(&missed));
         frames_sent.increment(frames.len() as u64);
-        if let Err(stop) = write(socket, session, frames).await {
+        if let Err(stop) = write(socket, session, frames, heartbeat.timeout).await {
             return stop;
         }
     }
@@ -100,7 +102,7 @@ async fn serve(
                         frames.extend(text_frames(&batch.frames(format)));
                     }
                     frames_sent.increment(frames.len() as u64);
-                    if let Err(stop) = write(socket, session, frames).await {
+                    if let Err(stop) = write(socket, session, frames, heartbeat.timeout).await {
                         return stop;
                     }
                 }
@@ -116,7 +118,7 @@ async fn serve(
                     metrics::counter!(m::LIVE_PONG_TIMEOUTS, "transport" => TRANSPORT).increment(1);
                     return Stop::Close(close_code::AWAY, "no pong");
                 }
-                if let Err(stop) = write(socket, session, vec![Message::Ping(Default::default())]).await {
+                if let Err(stop) = write(socket, session, vec![Message::Ping(Default::default())], heartbeat.timeout).await {
                     return stop;
                 }
             }
@@ -127,13 +129,14 @@ async fn serve(
 /// Frames gathered into one write when a session has several batches waiting.
 const MAX_FRAMES_PER_WRITE: usize = 64;
 
-/// Writes `frames` and flushes once, giving up as soon as the session is closed: a consumer that
-/// stopped reading must not hold its session open (the unsent rest stays in the socket's buffer,
-/// ahead of the close frame).
+/// Writes `frames` and flushes once, giving up as soon as the session is closed or the write
+/// stalls for `stall`: a consumer that stopped reading must not hold its session open (the unsent
+/// rest stays in the socket's buffer, ahead of the close frame).
 async fn write(
     socket: &mut WebSocket,
     session: &LiveSession,
     frames: Vec<Message>,
+    stall: Duration,
 ) -> Result<(), Stop> {
     let write = async {
         for frame in frames {
@@ -142,7 +145,12 @@ async fn write(
         socket.flush().await
     };
     tokio::select! {
-        written = write => written.map_err(|_| Stop::Gone),
+        written = tokio::time::timeout(stall, write) => match written {
+            Ok(written) => written.map_err(|_| Stop::Gone),
+            // Not one write went through in `stall`: the consumer stopped reading (the channel
+            // filling would say the same, but only if events keep coming).
+            Err(_) => Err(close_for(CloseReason::SlowConsumer)),
+        },
         reason = session.closed() => Err(close_for(reason)),
     }
 }

@@ -895,3 +895,78 @@ source.onerror = () => fetch("/report", {{method: "POST", body: "error"}});
     assert_eq!(live["payload"]["seen"], "live");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_during_its_replay_is_closed() {
+    let app = spawn_app(live_config(
+        r#"{"live": {"heartbeat": "100ms", "heartbeat_timeout": "300ms", "history": {"max_bytes": "1GiB"}}, "server": {"max_body": 4194304}}"#,
+    ))
+    .await;
+    let payload = "y".repeat(512 * 1024);
+    for i in 0..40 {
+        push(
+            &app,
+            json!([{"accessid": "stall", "created_at": i, "payload": payload}]),
+        )
+        .await;
+    }
+    let before = metric(
+        &app.metrics().await,
+        "brunnr_live_slow_consumer_closes_total",
+        "transport=\"websocket\"",
+    );
+    // 20 MB of replay to a client that reads nothing: the write stalls, and no new event comes to
+    // fill its buffer. The stall alone closes it.
+    let _silent = notifier(&app, ALICE, "stall", 0).await;
+    let mut closed = false;
+    for _ in 0..100 {
+        let after = metric(
+            &app.metrics().await,
+            "brunnr_live_slow_consumer_closes_total",
+            "transport=\"websocket\"",
+        );
+        if after > before && app.hub.live().clients().is_empty() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        closed,
+        "the stalled session is still open: {:?}",
+        app.hub.live().clients()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_by_an_sse_client_that_stopped_reading() {
+    let app = spawn_app(live_config(
+        r#"{"server": {"drain_timeout": "1s", "max_body": 4194304}}"#,
+    ))
+    .await;
+    let stalled = SseReader::open(
+        &app,
+        "/v1/stream?key=stuck",
+        &[
+            ("authorization", &format!("Bearer {ALICE}")),
+            ("accept", "text/event-stream"),
+        ],
+    )
+    .await;
+    assert_eq!(stalled.status(), 200);
+    wait_for_sessions(&app, "stuck", 1).await;
+    let payload = "z".repeat(512 * 1024);
+    for i in 0..40 {
+        push(
+            &app,
+            json!([{"accessid": "stuck", "created_at": i, "payload": payload}]),
+        )
+        .await;
+    }
+    // The response is blocked on a full socket, never polled again: stop still returns.
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("shutdown finishes within the drain timeout and a margin");
+    drop(stalled);
+}
