@@ -101,6 +101,16 @@ impl TestApp {
             .json(&body)
     }
 
+    /// `GET path` as `token`.
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Creates a norn and returns the answer's status and body.
     pub async fn create_norn(
         &self,
@@ -114,13 +124,7 @@ impl TestApp {
 
     /// `GET /norns` as `token`.
     pub async fn list_norns(&self, token: &str) -> Vec<serde_json::Value> {
-        let response = self
-            .client
-            .get(format!("{}/norns", self.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response = self.get("/norns", token).await;
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
     }

@@ -78,6 +78,11 @@ async fn next_close(ws: &mut Ws) -> (CloseCode, String) {
     }
 }
 
+/// Reads until the close frame and checks its code and reason.
+async fn expect_close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    assert_eq!(next_close(ws).await, (code, reason.to_owned()));
+}
+
 /// Nothing but pings arrives for `wait`.
 async fn assert_quiet(ws: &mut Ws, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
@@ -249,16 +254,10 @@ async fn notifier_credentials_by_header_query_or_announcement() {
     ))
     .await
     .unwrap();
-    assert_eq!(
-        next_close(&mut ws).await,
-        (CloseCode::Policy, "unauthorized".into())
-    );
+    expect_close(&mut ws, CloseCode::Policy, "unauthorized").await;
     // A key the principal may not read (bob reads mac:* only): 1008.
     let mut ws = notifier(&app, BOB, "u1", 0).await;
-    assert_eq!(
-        next_close(&mut ws).await,
-        (CloseCode::Policy, "forbidden".into())
-    );
+    expect_close(&mut ws, CloseCode::Policy, "forbidden").await;
 
     push(
         &app,
@@ -317,14 +316,8 @@ async fn drop_user_closes_that_users_sessions_with_1000() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap(), json!(true));
-    assert_eq!(
-        next_close(&mut a1).await,
-        (CloseCode::Normal, "close".into())
-    );
-    assert_eq!(
-        next_close(&mut a2).await,
-        (CloseCode::Normal, "close".into())
-    );
+    expect_close(&mut a1, CloseCode::Normal, "close").await;
+    expect_close(&mut a2, CloseCode::Normal, "close").await;
 
     push(
         &app,
@@ -333,16 +326,7 @@ async fn drop_user_closes_that_users_sessions_with_1000() {
     .await;
     assert_eq!(next_json(&mut other).await[0]["payload"], "still here");
     wait_for_sessions(&app, "dropme", 0).await;
-    let clients: Value = app
-        .client
-        .get(format!("{}/clients", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let clients: Value = app.get("/clients", ADMIN).await.json().await.unwrap();
     assert_eq!(clients, json!([{"key": "stays", "sessions": 1}]));
     app.stop().await;
 }
@@ -392,10 +376,7 @@ async fn connection_and_per_key_limits() {
     wait_for_sessions(&app, "limited", 2).await;
     // A third session for the key is refused after its announcement.
     let mut c = notifier(&app, ALICE, "limited", 0).await;
-    assert_eq!(
-        next_close(&mut c).await,
-        (CloseCode::Policy, "too many sessions".into())
-    );
+    expect_close(&mut c, CloseCode::Policy, "too many sessions").await;
     drop(c);
     // Its connection slot comes back once it is gone; then a third connection is allowed, a
     // fourth is not: 503 at the upgrade.
@@ -969,4 +950,54 @@ async fn shutdown_is_bounded_by_an_sse_client_that_stopped_reading() {
         .await
         .expect("shutdown finishes within the drain timeout and a margin");
     drop(stalled);
+}
+
+#[tokio::test]
+async fn a_slow_sse_consumer_is_taken_off_its_key_and_its_response_ends() {
+    let app = spawn_app(live_config(
+        r#"{"live": {"session_buffer": 4}, "server": {"max_body": 4194304}}"#,
+    ))
+    .await;
+    let headers = [
+        ("authorization", format!("Bearer {ALICE}")),
+        ("accept", "text/event-stream".into()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut slow = SseReader::new(SseReader::open(&app, "/v1/stream?key=sse-busy", &headers).await);
+    let mut fast = SseReader::new(SseReader::open(&app, "/v1/stream?key=sse-busy", &headers).await);
+    wait_for_sessions(&app, "sse-busy", 2).await;
+    let payload = "s".repeat(256 * 1024);
+    let pushes = 120;
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < pushes {
+            fast.event().await.expect("the fast stream stays open");
+            seen += 1;
+        }
+        fast
+    });
+    for i in 0..pushes {
+        push(
+            &app,
+            json!([{"accessid": "sse-busy", "created_at": i, "payload": payload}]),
+        )
+        .await;
+    }
+    let _fast = reader.await.unwrap();
+    // The slow one was taken off the key as soon as its buffer filled...
+    wait_for_sessions(&app, "sse-busy", 1).await;
+    // ...and reading now, it finds what was buffered, then the end of the response.
+    let mut frames = 0;
+    while slow.event().await.is_some() {
+        frames += 1;
+    }
+    assert!(frames < pushes, "the slow client got {frames} of {pushes}");
+    assert!(
+        metric(
+            &app.metrics().await,
+            "brunnr_live_slow_consumer_closes_total",
+            "transport=\"sse\""
+        ) >= 1.0
+    );
+    app.stop().await;
 }
