@@ -23,10 +23,42 @@ const HISTORY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("history_l
 /// Events per log entry when the log is rewritten by compaction.
 const EVENTS_PER_ENTRY: usize = 4096;
 
-/// Norns in a redb file.
+/// Norns and the history log in a redb file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    background: std::sync::mpsc::Sender<Job>,
+}
+
+/// Work for the background thread; what it returns answers the caller.
+type Job = Box<dyn FnOnce(&Database) -> Box<dyn FnOnce() + Send> + Send>;
+
+/// History commits run on a thread of their own at a lower priority: they are background work
+/// (encoding and writing thousands of events every commit interval), and on a busy machine they
+/// should wait for the threads serving sessions, not delay them.
+fn spawn_background_writer(db: std::sync::Weak<Database>) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("brunnr-history".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority has no memory effects; on Linux, PRIO_PROCESS with 0 names the
+            // calling thread. Failing to lower the priority is harmless, so the result is ignored.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+            // Ends when the last store handle is dropped. The database is only borrowed for
+            // each job, so that it closes (and can be opened again) as soon as the store goes.
+            while let Ok(job) = rx.recv() {
+                let Some(reply) = db.upgrade().map(|db| job(&db)) else {
+                    continue;
+                };
+                // The database is released before the caller hears back.
+                reply();
+            }
+        })
+        .expect("a thread can be started");
+    tx
 }
 
 fn backend(error: impl std::fmt::Display) -> StoreError {
@@ -47,7 +79,29 @@ impl EmbeddedStore {
         write.open_table(NORNS).map_err(backend)?;
         write.open_table(HISTORY_LOG).map_err(backend)?;
         write.commit().map_err(backend)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        Ok(EmbeddedStore {
+            background: spawn_background_writer(Arc::downgrade(&db)),
+            db,
+        })
+    }
+
+    /// Runs `work` on the background writer thread.
+    async fn background<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.background
+            .send(Box::new(move |db| {
+                let result = work(db);
+                Box::new(move || {
+                    let _ = tx.send(result);
+                })
+            }))
+            .map_err(|_| StoreError::Backend("the history writer thread is gone".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the history writer thread failed".into()))?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -131,7 +185,7 @@ impl NornStore for EmbeddedStore {
 #[async_trait]
 impl HistoryStore for EmbeddedStore {
     async fn append(&self, events: Vec<Arc<Event>>) -> Result<u64, StoreError> {
-        self.blocking(move |db| {
+        self.background(move |db| {
             // Encoded here, on the blocking pool: an entry can hold thousands of events, and
             // encoding them on a runtime thread would stall the sessions sharing it.
             let bytes = super::encode_events(&events);
@@ -151,7 +205,7 @@ impl HistoryStore for EmbeddedStore {
     }
 
     async fn replace(&self, events: Vec<Arc<Event>>) -> Result<u64, StoreError> {
-        self.blocking(move |db| {
+        self.background(move |db| {
             let write = db.begin_write().map_err(backend)?;
             let mut written = 0;
             {
@@ -172,7 +226,7 @@ impl HistoryStore for EmbeddedStore {
     }
 
     async fn load(&self) -> Result<(Vec<Event>, u64), StoreError> {
-        self.blocking(|db| {
+        self.background(|db| {
             let read = db.begin_read().map_err(backend)?;
             let table = read.open_table(HISTORY_LOG).map_err(backend)?;
             let (mut events, mut bytes) = (Vec::new(), 0);
