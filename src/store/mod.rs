@@ -87,7 +87,8 @@ pub fn encode_events(events: &[Arc<Event>]) -> Vec<u8> {
             wrp: event.wrp.as_ref().map(WrpMessage::to_msgpack),
         })
         .collect();
-    rmp_serde::to_vec_named(&stored).expect("events always encode")
+    // Positional (fields by order, not by name): smaller and quicker, and only brunnr reads it.
+    rmp_serde::to_vec(&stored).expect("events always encode")
 }
 
 /// Reads a log entry written by [`encode_events`].
