@@ -41,7 +41,7 @@ pub const HISTORY_BYTES: &str = "brunnr_history_bytes";
 pub const HISTORY_COMMITS: &str = "brunnr_history_commits_total";
 /// History events kept in memory only: the store failed or fell too far behind.
 pub const HISTORY_UNSAVED: &str = "brunnr_history_unsaved_total";
-/// Events for a key that has no norn.
+/// Events that no norn and no live session took (history still keeps them).
 pub const EVENTS_UNROUTED: &str = "brunnr_events_unrouted_total";
 /// Failure notices sent to norns' failure URLs, by `outcome`.
 pub const FAILURE_NOTICES: &str = "brunnr_failure_notices_total";

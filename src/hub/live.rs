@@ -204,8 +204,9 @@ impl Live {
     }
 
     /// Keeps `events` (all of one key) in history and hands them, as one batch, to the key's
-    /// sessions. Never waits: a session whose channel is full is closed as a slow consumer.
-    pub fn publish(&self, key: &str, events: &[Arc<Event>]) {
+    /// sessions; returns how many sessions took them. Never waits: a session whose channel is
+    /// full is closed as a slow consumer.
+    pub fn publish(&self, key: &str, events: &[Arc<Event>]) -> usize {
         let mut shard = self
             .shard(key)
             .lock()
@@ -213,14 +214,14 @@ impl Live {
         let shard = &mut *shard;
         if !shard.keys.contains_key(key) {
             if self.limits.max_events == 0 {
-                return; // No history and nobody listening.
+                return 0; // No history and nobody listening.
             }
             shard.keys.insert(key.to_owned(), KeyState::default());
         }
         self.hold(shard, key, events, true);
         // Holding may have evicted the key's last events (and the key) to stay in budget.
         let Some(state) = shard.keys.get_mut(key) else {
-            return;
+            return 0;
         };
         if !state.sessions.is_empty() {
             let batch: LiveBatch = Arc::new(Batch::new(events));
@@ -235,9 +236,11 @@ impl Live {
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
         }
+        let sessions = state.sessions.len();
         if state.is_idle() {
             shard.keys.remove(key);
         }
+        sessions
     }
 
     /// Puts `events` in `key`'s history (the key must be in the shard), within the limits and

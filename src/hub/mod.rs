@@ -158,28 +158,33 @@ impl Hub {
     /// the key's history. Never waits.
     pub fn publish(&self, event: Event) {
         let event = Arc::new(event);
-        self.route(&event);
-        self.live.publish(&event.key, std::slice::from_ref(&event));
+        let norns = self.route(&event);
+        let sessions = self.live.publish(&event.key, std::slice::from_ref(&event));
+        if norns == 0 && sessions == 0 {
+            metrics::counter!(m::EVENTS_UNROUTED).increment(1);
+        }
     }
 
     /// Publishes several events; those of one key reach its live sessions as one batch (one
     /// notifier frame per push), in order.
     pub fn publish_all(&self, events: Vec<Event>) {
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-        let mut keys: Vec<&str> = Vec::new();
-        for event in &events {
-            self.route(event);
-            if !keys.contains(&event.key.as_str()) {
-                keys.push(&event.key);
-            }
+        // Grouped by key, in the order keys first appear.
+        let mut groups: Vec<(Vec<Arc<Event>>, usize)> = Vec::new();
+        let mut group_of: std::collections::HashMap<String, usize> = Default::default();
+        for event in events {
+            let event = Arc::new(event);
+            let norns = self.route(&event);
+            let group = *group_of.entry(event.key.clone()).or_insert_with(|| {
+                groups.push((Vec::new(), 0));
+                groups.len() - 1
+            });
+            groups[group].1 += usize::from(norns == 0);
+            groups[group].0.push(event);
         }
-        for key in keys {
-            let batch: Vec<Arc<Event>> = events
-                .iter()
-                .filter(|event| event.key == key)
-                .cloned()
-                .collect();
-            self.live.publish(key, &batch);
+        for (batch, without_norns) in groups {
+            if self.live.publish(&batch[0].key, &batch) == 0 {
+                metrics::counter!(m::EVENTS_UNROUTED).increment(without_norns as u64);
+            }
         }
     }
 
@@ -223,13 +228,11 @@ impl Hub {
             .await;
     }
 
-    fn route(&self, event: &Arc<Event>) {
-        let taken = self.router.for_each(&event.key, |subscription| {
+    /// Offers `event` to its key's norns; returns how many there were.
+    fn route(&self, event: &Arc<Event>) -> usize {
+        self.router.for_each(&event.key, |subscription| {
             subscription.offer(event, &self.delivery);
-        });
-        if taken == 0 {
-            metrics::counter!(m::EVENTS_UNROUTED).increment(1);
-        }
+        })
     }
 
     /// The expiry sweeper: removes expired norns from the index and the store.
