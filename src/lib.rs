@@ -62,6 +62,8 @@ pub struct Server {
 impl Server {
     /// Opens the store, connects what must be connected and loads norns and history.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Server, RunError> {
+        // The recorder first: what loading sets (brunnr_norns) must not go to the no-op one.
+        crate::metrics::prometheus();
         let config = Arc::new(config);
         let store = Arc::new(EmbeddedStore::open(&config.store.path)?);
         let nats = match config.nats_sink_url() {

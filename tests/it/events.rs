@@ -333,10 +333,18 @@ async fn operations_endpoints() {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/push_events",
+        "/drop_user",
+        "/subscribe_to_events",
+        "/v1/stream",
+        "/clients",
     ] {
         assert!(openapi["paths"][path].is_object(), "{path} documented");
     }
     assert!(openapi["paths"]["/norns"]["post"]["responses"]["409"].is_object());
+    // One path, two routes: WRP in (POST) and monit's SSE (GET).
+    assert!(openapi["paths"]["/events"]["post"].is_object());
+    assert!(openapi["paths"]["/events"]["get"].is_object());
     let missing = get("/nowhere").await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(
