@@ -4,5 +4,6 @@
 //!
 //! [`Event`]: crate::event::Event
 
+pub mod kaa;
 pub mod notifier;
 pub mod wrp;
