@@ -5,5 +5,6 @@
 //! [`Event`]: crate::event::Event
 
 pub mod kaa;
+pub mod monit;
 pub mod notifier;
 pub mod wrp;
