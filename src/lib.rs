@@ -57,6 +57,9 @@ pub struct Server {
     config: Arc<Config>,
     hub: Arc<Hub>,
     listener: TcpListener,
+    nats_source: Option<source::nats::NatsSource>,
+    /// Stops the sources that run beside the HTTP API.
+    sources_stop: CancellationToken,
 }
 
 impl Server {
@@ -82,10 +85,21 @@ impl Server {
         let norns = hub.load_norns().await?;
         let history = hub.load_history().await?;
         tracing::info!(norns, history, path = %config.store.path.display(), "Store opened.");
+        let sources_stop = CancellationToken::new();
+        let nats_source = match &config.sources.nats {
+            Some(nats) => Some(
+                source::nats::NatsSource::start(nats, hub.clone(), sources_stop.clone())
+                    .await
+                    .map_err(RunError::Nats)?,
+            ),
+            None => None,
+        };
         Ok(Server {
             config,
             hub,
             listener,
+            nats_source,
+            sources_stop,
         })
     }
 
@@ -104,6 +118,8 @@ impl Server {
             config,
             hub,
             listener,
+            nats_source,
+            sources_stop,
         } = self;
         let stop = CancellationToken::new();
         let expiry_task = tokio::spawn(hub.clone().run_expiry(stop.clone()));
@@ -118,6 +134,7 @@ impl Server {
             metrics: crate::metrics::prometheus(),
             ready: ready.clone(),
             openapi: Arc::new(api::openapi_json()),
+            nats_source,
         };
         let address = listener.local_addr()?;
         tracing::info!(%address, auth = state.auth.is_enabled(), "brunnr is listening.");
@@ -146,6 +163,7 @@ impl Server {
         }
 
         stop.cancel();
+        sources_stop.cancel();
         let _ = expiry_task.await;
         hub.live().close_all(LIVE_GOODBYE).await;
         if hub.drain(config.server.drain_timeout).await {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub ready: Arc<AtomicBool>,
     pub openapi: Arc<String>,
+    /// The NATS sources, when configured: not ready until connected.
+    pub nats_source: Option<crate::source::nats::NatsSource>,
 }
 
 #[derive(OpenApi)]

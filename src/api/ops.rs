@@ -18,6 +18,18 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// 200 once the store is open and norns are loaded; 503 before that and while shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state
+        .nats_source
+        .as_ref()
+        .is_some_and(|source| !source.is_connected())
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"error": "not_ready", "detail": "the NATS source is not connected"}),
+            ),
+        );
+    }
     if state.ready.load(Ordering::Relaxed) {
         // The NATS sink is reported, not required: its norns buffer, retry and drop on their own.
         let nats = match state.hub.nats_connected() {
@@ -27,7 +39,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
         };
         (
             StatusCode::OK,
-            Json(serde_json::json!({"status": "ready", "store": "ok", "nats_sink": nats})),
+            Json(
+                serde_json::json!({"status": "ready", "store": "ok", "nats_sink": nats,
+                "nats_source": if state.nats_source.is_some() { "connected" } else { "not configured" }}),
+            ),
         )
     } else {
         (

@@ -6,5 +6,6 @@
 
 pub mod kaa;
 pub mod monit;
+pub mod nats;
 pub mod notifier;
 pub mod wrp;

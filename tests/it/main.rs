@@ -8,3 +8,4 @@ mod norns;
 mod process;
 mod servers;
 mod sinks;
+mod sources;

@@ -1,0 +1,174 @@
+//! The NATS sources: one connection, queue-group subscriptions on the Kaa and monit subjects, each
+//! message decoded by `kaa` or `monit` and handed to the hub.
+//!
+//! brunnr starts when NATS is down (`/readyz` says 503 until the connection is up); the client
+//! reconnects by itself and restores the subscriptions. A message that does not decode is counted
+//! (`brunnr_events_rejected_total{source, reason}`) and logged at most once per
+//! [`LOG_INTERVAL`] per source, so a stream of garbage neither floods the log nor stalls anything.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{kaa, monit};
+use crate::config::NatsSourceConfig;
+use crate::event::now_ms;
+use crate::hub::Hub;
+use crate::metrics as m;
+
+/// The Kaa subjects: 9/ELCE and 15/EME endpoint events, 23/AIP automation invocations.
+pub const KAA_SUBJECTS: [&str; 2] = [
+    "kaa.v1.events.*.endpoint.>",
+    "kaa.v1.events.*.service.automation.*",
+];
+/// At most one log line per source this often for messages that do not decode.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a closed inbox waits before its SSE clients are told (monit's own ordering delay:
+/// the last `monitor.user` messages may still be on their way).
+pub const INBOX_CLOSE_DELAY: Duration = Duration::from_secs(1);
+
+/// The running NATS sources.
+#[derive(Clone)]
+pub struct NatsSource {
+    client: async_nats::Client,
+}
+
+impl NatsSource {
+    /// Connects (in the background: NATS may be down) and subscribes; messages flow to `hub`
+    /// until `stop`.
+    pub async fn start(
+        config: &NatsSourceConfig,
+        hub: Arc<Hub>,
+        stop: CancellationToken,
+    ) -> Result<NatsSource, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("brunnr-sources")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(config.url.as_str())
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut subjects: Vec<&str> = Vec::new();
+        if config.kaa {
+            subjects.extend(KAA_SUBJECTS);
+        }
+        if config.monit {
+            subjects.extend(monit::SUBJECTS);
+        }
+        let complaints = Arc::new(Complaints::default());
+        for subject in subjects {
+            let subscription = client
+                .queue_subscribe(subject.to_owned(), config.queue_group.clone())
+                .await
+                .map_err(|error| format!("cannot subscribe to {subject}: {error}"))?;
+            tokio::spawn(consume(
+                subscription,
+                hub.clone(),
+                stop.clone(),
+                complaints.clone(),
+            ));
+        }
+        Ok(NatsSource { client })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+async fn consume(
+    mut subscription: async_nats::Subscriber,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+    complaints: Arc<Complaints>,
+) {
+    loop {
+        let message = tokio::select! {
+            message = subscription.next() => message,
+            _ = stop.cancelled() => break,
+        };
+        let Some(message) = message else { break };
+        handle(
+            &hub,
+            message.subject.as_str(),
+            &message.payload,
+            &complaints,
+        );
+    }
+}
+
+/// Decodes one message and hands what it means to the hub.
+pub fn handle(hub: &Arc<Hub>, subject: &str, payload: &[u8], complaints: &Complaints) {
+    if subject.starts_with("kaa.") {
+        match kaa::decode(subject, payload, now_ms()) {
+            Ok(events) => {
+                metrics::counter!(m::EVENTS_RECEIVED, "source" => kaa::SOURCE)
+                    .increment(events.len() as u64);
+                for event in events {
+                    hub.publish(event);
+                }
+            }
+            Err(error) => complaints.reject(kaa::SOURCE, error.reason(), subject, &error),
+        }
+        return;
+    }
+    match monit::decode(subject, payload, now_ms()) {
+        Ok(monit::MonitMessage::Events(events)) => {
+            metrics::counter!(m::EVENTS_RECEIVED, "source" => monit::SOURCE)
+                .increment(events.len() as u64);
+            for event in events {
+                hub.publish(event);
+            }
+        }
+        Ok(monit::MonitMessage::Opened(inbox)) => {
+            tracing::debug!(%inbox, "A monit inbox opened.");
+        }
+        Ok(monit::MonitMessage::Closed(inbox, outcome)) => {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(INBOX_CLOSE_DELAY).await;
+                hub.close_inbox(&inbox, outcome);
+            });
+        }
+        Err(error) => complaints.reject(monit::SOURCE, error.reason(), subject, &error),
+    }
+}
+
+/// Counts refused messages and logs them, at most once per [`LOG_INTERVAL`] per source.
+#[derive(Default)]
+pub struct Complaints {
+    /// Per source: when it was last logged, and how many were refused since.
+    last: Mutex<Vec<(&'static str, Option<Instant>, u64)>>,
+}
+
+impl Complaints {
+    fn reject(
+        &self,
+        source: &'static str,
+        reason: &'static str,
+        subject: &str,
+        error: &dyn std::fmt::Display,
+    ) {
+        metrics::counter!(m::EVENTS_REJECTED, "source" => source, "reason" => reason).increment(1);
+        let mut last = self.last.lock().expect("never poisoned");
+        let entry = match last.iter_mut().position(|(s, _, _)| *s == source) {
+            Some(index) => &mut last[index],
+            None => {
+                last.push((source, None, 0));
+                last.last_mut().expect("just pushed")
+            }
+        };
+        if entry
+            .1
+            .is_none_or(|logged| logged.elapsed() >= LOG_INTERVAL)
+        {
+            tracing::warn!(source, subject, %error, also_refused = entry.2, "A NATS message was refused.");
+            entry.1 = Some(Instant::now());
+            entry.2 = 0;
+        } else {
+            entry.2 += 1;
+        }
+    }
+}

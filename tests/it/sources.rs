@@ -1,0 +1,328 @@
+//! The NATS sources against a real nats-server: Kaa Avro records and monit JSON in, events out
+//! through the live streams; queue groups; NATS down at start and restarted.
+
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use brunnr::source::kaa::Record;
+use serde_json::{Value as Json, json};
+
+use crate::helpers::*;
+use crate::servers;
+
+fn with_nats(url: &str) -> brunnr::config::Config {
+    let mut config = test_config();
+    config.sources.nats = Some(brunnr::config::NatsSourceConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    });
+    config
+}
+
+/// A Kaa record encoded with the vendored schema.
+fn registered(endpoint: &str, timestamp: i64, timeout: i64) -> Vec<u8> {
+    let (schema, _) = Record::Registered.schema();
+    let value = Value::Record(vec![
+        ("correlationId".into(), Value::String("corr-1".into())),
+        ("timestamp".into(), Value::Long(timestamp)),
+        ("timeout".into(), Value::Long(timeout)),
+        ("appVersionName".into(), Value::String("v1".into())),
+        ("endpointId".into(), Value::String(endpoint.into())),
+        ("originatorReplicaId".into(), Value::String("epr-1".into())),
+    ]);
+    apache_avro::to_avro_datum(schema, value).unwrap()
+}
+
+const REGISTERED: &str = "kaa.v1.events.epr.endpoint.lifecycle.registered";
+
+/// An SSE stream of `key` on `/v1/stream`, read as lines of envelopes.
+struct Stream {
+    response: reqwest::Response,
+    frames: brunnr::client::SseFrames,
+}
+
+impl Stream {
+    async fn open(app: &TestApp, path: &str) -> Stream {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(ALICE)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Stream {
+            response,
+            frames: Default::default(),
+        }
+    }
+
+    /// The next frame that is not a ping; `None` when the response ends.
+    async fn next(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(frame) = self.frames.next_frame() {
+                if frame != ": ping" {
+                    return Some(frame);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("a frame within the wait")
+                .unwrap()?;
+            self.frames.push(&chunk);
+        }
+    }
+
+    async fn envelope(&mut self) -> Json {
+        let frame = self.next(Duration::from_secs(10)).await.expect("open");
+        let data = frame
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        serde_json::from_str(data).unwrap()
+    }
+}
+
+async fn wait_sessions(app: &TestApp, key: &str) {
+    for _ in 0..200 {
+        if app.hub.live().clients().iter().any(|(k, _)| k == key) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no session on {key}");
+}
+
+#[tokio::test]
+async fn kaa_records_reach_the_endpoints_stream_and_garbage_is_counted() {
+    let nats = servers::nats();
+    let app = spawn_app(with_nats(&nats.url("nats"))).await;
+    let mut stream = Stream::open(&app, "/v1/stream?key=ep-1").await;
+    wait_sessions(&app, "ep-1").await;
+    let producer = async_nats::connect(nats.url("nats")).await.unwrap();
+
+    let now = brunnr::event::now_ms();
+    producer
+        .publish(REGISTERED, b"\x01\x02garbage".to_vec().into())
+        .await
+        .unwrap();
+    // Expired (timestamp + timeout in the past): dropped and counted.
+    producer
+        .publish(REGISTERED, registered("ep-1", now - 60_000, 1_000).into())
+        .await
+        .unwrap();
+    producer
+        .publish(REGISTERED, registered("ep-1", now, 0).into())
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+
+    let envelope = stream.envelope().await;
+    assert_eq!(envelope["key"], "ep-1");
+    assert_eq!(envelope["source"], "kaa");
+    assert_eq!(envelope["kind"], "endpoint.lifecycle.registered");
+    assert_eq!(envelope["payload"]["correlationId"], "corr-1");
+    assert_eq!(envelope["payload"]["appVersionName"], "v1");
+    let metrics = app.metrics().await;
+    let rejected = |reason: &str| {
+        metric(
+            &metrics,
+            "brunnr_events_rejected_total",
+            &format!("source=\"kaa\",reason=\"{reason}\""),
+        )
+    };
+    assert!(rejected("undecodable") >= 1.0);
+    assert!(rejected("expired") >= 1.0);
+    let ready: Json = app
+        .client
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["nats_source"], "connected");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn monit_messages_fill_an_inbox_and_its_close_ends_the_sse_response() {
+    let nats = servers::nats();
+    let app = spawn_app(with_nats(&nats.url("nats"))).await;
+    let response = app
+        .client
+        .get(format!("{}/events?stream=abc123", app.url))
+        .header("x-auth-token", ALICE)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Stream {
+        response,
+        frames: Default::default(),
+    };
+    wait_sessions(&app, "abc123").await;
+    let producer = async_nats::connect(nats.url("nats")).await.unwrap();
+    producer
+        .publish("service.create", br#"{"id": "abc123"}"#.to_vec().into())
+        .await
+        .unwrap();
+    let user = json!({"id": "build-1", "service": "web-abc123",
+        "messages": [{"body": "creating network", "level": "INFO"}]});
+    producer
+        .publish("monitor.user", user.to_string().into())
+        .await
+        .unwrap();
+    producer
+        .publish(
+            "service.create.done",
+            br#"{"id": "abc123"}"#.to_vec().into(),
+        )
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+
+    let frame = stream.next(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        frame.ends_with(
+            "\nevent: monitor.user\ndata: {\"body\":\"creating network\",\"level\":\"INFO\"}"
+        ),
+        "{frame:?}"
+    );
+    let started = std::time::Instant::now();
+    let done = stream.next(Duration::from_secs(10)).await.unwrap();
+    assert!(done.contains("\nevent: done\n"), "{done:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed after monit's delay"
+    );
+    assert_eq!(
+        stream.next(Duration::from_secs(10)).await,
+        None,
+        "the response ends"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_in_one_queue_group_share_the_messages() {
+    let nats = servers::nats();
+    let a = spawn_app(with_nats(&nats.url("nats"))).await;
+    let b = spawn_app(with_nats(&nats.url("nats"))).await;
+    let mut stream_a = Stream::open(&a, "/v1/stream?key=ep-q").await;
+    let mut stream_b = Stream::open(&b, "/v1/stream?key=ep-q").await;
+    wait_sessions(&a, "ep-q").await;
+    wait_sessions(&b, "ep-q").await;
+    let producer = async_nats::connect(nats.url("nats")).await.unwrap();
+    let sent = 40;
+    for _ in 0..sent {
+        producer
+            .publish(
+                REGISTERED,
+                registered("ep-q", brunnr::event::now_ms(), 0).into(),
+            )
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    // Count what each got until both fall silent.
+    let mut counts = [0, 0];
+    for (i, stream) in [&mut stream_a, &mut stream_b].into_iter().enumerate() {
+        while let Ok(Some(_)) = tokio::time::timeout(
+            Duration::from_millis(1500),
+            stream.next(Duration::from_secs(60)),
+        )
+        .await
+        {
+            counts[i] += 1;
+        }
+    }
+    assert_eq!(counts[0] + counts[1], sent, "each message once: {counts:?}");
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "both took a share: {counts:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn nats_down_at_start_then_up_then_restarted() {
+    let mut nats = servers::nats();
+    nats.stop();
+    // brunnr starts without NATS; it is not ready until NATS is there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = brunnr::Server::start(with_nats(&nats.url("nats")), listener)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let readyz = || async {
+        client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(readyz().await, 503);
+
+    nats.restart();
+    let mut ready = false;
+    for _ in 0..200 {
+        if readyz().await == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "ready once NATS is up");
+
+    // Restarted NATS: the subscription comes back by itself.
+    nats.restart();
+    let producer = async_nats::connect(nats.url("nats")).await.unwrap();
+    let response = client
+        .get(format!("{url}/v1/stream?key=ep-r"))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Stream {
+        response,
+        frames: Default::default(),
+    };
+    // Publish until one arrives: the client resubscribes shortly after it reconnects.
+    let mut got = None;
+    for _ in 0..100 {
+        producer
+            .publish(
+                REGISTERED,
+                registered("ep-r", brunnr::event::now_ms(), 0).into(),
+            )
+            .await
+            .unwrap();
+        producer.flush().await.unwrap();
+        if let Ok(Some(frame)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            stream.next(Duration::from_secs(60)),
+        )
+        .await
+        {
+            got = Some(frame);
+            break;
+        }
+    }
+    assert!(
+        got.is_some_and(|frame| frame.contains("\"key\":\"ep-r\"")),
+        "events flow after the restart"
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
