@@ -275,16 +275,33 @@ impl Default for NatsSourceConfig {
     }
 }
 
-/// Registration of brunnr's webhook with Caduceus. Parsed and checked now; used by that work.
+/// Registration of brunnr's webhook with Caduceus (`POST` to its `/hook`), renewed every
+/// `interval`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaduceusConfig {
+    /// Caduceus's registration endpoint, e.g. `https://caduceus:6000/hook`.
     pub registration_url: String,
+    /// Where Caduceus should deliver: brunnr's own `POST /events`, as Caduceus reaches it.
     pub hook_url: String,
+    /// The secret Caduceus signs deliveries with (set `sources.wrp.secret` to the same).
     pub secret: Option<String>,
+    /// Event types (regular expressions) to receive.
     pub events: Vec<String>,
+    /// Device ids (regular expressions) to receive.
+    pub device_ids: Vec<String>,
+    /// Where Caduceus reports a cut-off.
+    pub failure_url: Option<String>,
+    /// How long one registration lasts; renewals come every `interval`, well before.
+    #[serde(with = "serde_duration")]
+    pub duration: Duration,
     #[serde(with = "serde_duration")]
     pub interval: Duration,
+    /// `Authorization: Bearer` for the registration.
+    pub token: Option<String>,
+    /// `Authorization: Basic` for the registration (instead of `token`).
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Default for CaduceusConfig {
@@ -294,7 +311,13 @@ impl Default for CaduceusConfig {
             hook_url: String::new(),
             secret: None,
             events: vec![".*".into()],
+            device_ids: vec![".*".into()],
+            failure_url: None,
+            duration: Duration::from_secs(5 * 60),
             interval: Duration::from_secs(30),
+            token: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -425,6 +448,19 @@ impl Config {
         }
         if self.live.history.commit_interval.is_zero() {
             return invalid("live.history.commit_interval", "must be longer than 0s");
+        }
+        if let Some(caduceus) = &self.sources.caduceus
+            && !caduceus.registration_url.is_empty()
+        {
+            if caduceus.hook_url.is_empty() {
+                return invalid("sources.caduceus.hook_url", "is needed to register");
+            }
+            if caduceus.interval.is_zero() || caduceus.duration <= caduceus.interval {
+                return invalid(
+                    "sources.caduceus.duration",
+                    "must be longer than sources.caduceus.interval (renewals come before it lapses)",
+                );
+            }
         }
         if self.sinks.nats.buffer == 0 {
             return invalid("sinks.nats.buffer", "must be at least 1");

@@ -58,6 +58,7 @@ pub struct Server {
     hub: Arc<Hub>,
     listener: TcpListener,
     nats_source: Option<source::nats::NatsSource>,
+    caduceus: Option<Arc<source::caduceus::Registration>>,
     /// Stops the sources that run beside the HTTP API.
     sources_stop: CancellationToken,
 }
@@ -94,11 +95,18 @@ impl Server {
             ),
             None => None,
         };
+        let caduceus = config
+            .sources
+            .caduceus
+            .as_ref()
+            .filter(|caduceus| !caduceus.registration_url.is_empty())
+            .map(|caduceus| source::caduceus::start(caduceus.clone(), sources_stop.clone()));
         Ok(Server {
             config,
             hub,
             listener,
             nats_source,
+            caduceus,
             sources_stop,
         })
     }
@@ -119,6 +127,7 @@ impl Server {
             hub,
             listener,
             nats_source,
+            caduceus,
             sources_stop,
         } = self;
         let stop = CancellationToken::new();
@@ -135,6 +144,7 @@ impl Server {
             ready: ready.clone(),
             openapi: Arc::new(api::openapi_json()),
             nats_source,
+            caduceus,
         };
         let address = listener.local_addr()?;
         tracing::info!(%address, auth = state.auth.is_enabled(), "brunnr is listening.");

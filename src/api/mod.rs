@@ -33,6 +33,8 @@ pub struct AppState {
     pub openapi: Arc<String>,
     /// The NATS sources, when configured: not ready until connected.
     pub nats_source: Option<crate::source::nats::NatsSource>,
+    /// Registration with Caduceus, when configured (reported by `/readyz`).
+    pub caduceus: Option<Arc<crate::source::caduceus::Registration>>,
 }
 
 #[derive(OpenApi)]

@@ -15,7 +15,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// 200 once the store is open and norns are loaded; 503 before that and while shutting down.
+/// 200 once the store is open, norns are loaded and the NATS source (if configured) is
+/// connected; 503 before that and while shutting down. The NATS sink and the Caduceus
+/// registration are reported.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state
@@ -41,7 +43,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
             StatusCode::OK,
             Json(
                 serde_json::json!({"status": "ready", "store": "ok", "nats_sink": nats,
-                "nats_source": if state.nats_source.is_some() { "connected" } else { "not configured" }}),
+                "nats_source": if state.nats_source.is_some() { "connected" } else { "not configured" },
+                "caduceus": caduceus_status(&state)}),
             ),
         )
     } else {
@@ -69,4 +72,19 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         state.openapi.as_str().to_owned(),
     )
+}
+
+/// Where the Caduceus registration stands (reported, not required: Caduceus may come later).
+fn caduceus_status(state: &AppState) -> String {
+    use crate::source::caduceus::RegistrationState;
+    match state
+        .caduceus
+        .as_ref()
+        .map(|registration| registration.state())
+    {
+        None => "not configured".into(),
+        Some(RegistrationState::Pending) => "pending".into(),
+        Some(RegistrationState::Registered { .. }) => "registered".into(),
+        Some(RegistrationState::Failing { error }) => format!("failing: {error}"),
+    }
 }

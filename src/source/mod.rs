@@ -4,6 +4,7 @@
 //!
 //! [`Event`]: crate::event::Event
 
+pub mod caduceus;
 pub mod kaa;
 pub mod monit;
 pub mod nats;

@@ -326,3 +326,61 @@ async fn nats_down_at_start_then_up_then_restarted() {
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn caduceus_registration_is_posted_renewed_and_retried() {
+    let caduceus = Receiver::start().await;
+    // The first attempt is refused; brunnr retries, then renews every interval.
+    caduceus.script([Reply::Status(500)]);
+    let mut config = test_config();
+    config.sources.caduceus = Some(brunnr::config::CaduceusConfig {
+        registration_url: format!("{}/hook", caduceus.url),
+        hook_url: "http://brunnr.example:6600/events".into(),
+        secret: Some("s3cret".into()),
+        events: vec!["device-status.*".into()],
+        device_ids: vec!["mac:.*".into()],
+        failure_url: Some("http://brunnr.example:6600/cutoff".into()),
+        duration: Duration::from_secs(2),
+        interval: Duration::from_millis(300),
+        username: Some("brunnr".into()),
+        password: Some("pw".into()),
+        ..Default::default()
+    });
+    let app = spawn_app(config).await;
+    let received = caduceus.wait_for(3, Duration::from_secs(10)).await;
+    for request in &received {
+        assert_eq!(request.path, "/hook");
+        assert_eq!(
+            request.headers["authorization"], "Basic YnJ1bm5yOnB3",
+            "Basic brunnr:pw"
+        );
+        let body: Json = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "config": {"url": "http://brunnr.example:6600/events", "content_type": "wrp", "secret": "s3cret"},
+                "events": ["device-status.*"],
+                "matcher": {"device_id": ["mac:.*"]},
+                "failure_url": "http://brunnr.example:6600/cutoff",
+                "duration": "2s",
+            })
+        );
+    }
+    // Renewals come about every interval (the first retry after the 500 sooner or later).
+    let gap = received[2].at - received[1].at;
+    assert!(
+        gap >= Duration::from_millis(250) && gap < Duration::from_secs(2),
+        "{gap:?}"
+    );
+    let ready: Json = app
+        .client
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["caduceus"], "registered");
+    app.stop().await;
+}
