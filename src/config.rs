@@ -254,13 +254,16 @@ impl Default for WrpSourceConfig {
     }
 }
 
-/// NATS sources (Kaa, monit). Parsed and checked now; used by the NATS sources work.
+/// NATS sources (Kaa, monit).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsSourceConfig {
     pub url: String,
+    /// Replicas in one queue group share the messages instead of each taking all of them.
     pub queue_group: String,
     pub kaa: bool,
+    /// The Kaa subjects subscribed to (the record still comes from the subject's kind).
+    pub kaa_subjects: Vec<String>,
     pub monit: bool,
 }
 
@@ -270,6 +273,10 @@ impl Default for NatsSourceConfig {
             url: "nats://127.0.0.1:4222".into(),
             queue_group: "brunnr".into(),
             kaa: true,
+            kaa_subjects: vec![
+                "kaa.v1.events.*.endpoint.>".into(),
+                "kaa.v1.events.*.service.automation.*".into(),
+            ],
             monit: true,
         }
     }

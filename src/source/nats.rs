@@ -18,11 +18,6 @@ use crate::event::now_ms;
 use crate::hub::Hub;
 use crate::metrics as m;
 
-/// The Kaa subjects: 9/ELCE and 15/EME endpoint events, 23/AIP automation invocations.
-pub const KAA_SUBJECTS: [&str; 2] = [
-    "kaa.v1.events.*.endpoint.>",
-    "kaa.v1.events.*.service.automation.*",
-];
 /// At most one log line per source this often for messages that do not decode.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a closed inbox waits before its SSE clients are told (monit's own ordering delay:
@@ -50,21 +45,27 @@ impl NatsSource {
             .connect(config.url.as_str())
             .await
             .map_err(|error| error.to_string())?;
-        let mut subjects: Vec<&str> = Vec::new();
+        let mut subjects: Vec<(&str, Decoder)> = Vec::new();
         if config.kaa {
-            subjects.extend(KAA_SUBJECTS);
+            subjects.extend(
+                config
+                    .kaa_subjects
+                    .iter()
+                    .map(|s| (s.as_str(), Decoder::Kaa)),
+            );
         }
         if config.monit {
-            subjects.extend(monit::SUBJECTS);
+            subjects.extend(monit::SUBJECTS.map(|s| (s, Decoder::Monit)));
         }
         let complaints = Arc::new(Complaints::default());
-        for subject in subjects {
+        for (subject, decoder) in subjects {
             let subscription = client
                 .queue_subscribe(subject.to_owned(), config.queue_group.clone())
                 .await
                 .map_err(|error| format!("cannot subscribe to {subject}: {error}"))?;
             tokio::spawn(consume(
                 subscription,
+                decoder,
                 hub.clone(),
                 stop.clone(),
                 complaints.clone(),
@@ -78,8 +79,16 @@ impl NatsSource {
     }
 }
 
+/// Which decoder a subscription's messages go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    Kaa,
+    Monit,
+}
+
 async fn consume(
     mut subscription: async_nats::Subscriber,
+    decoder: Decoder,
     hub: Arc<Hub>,
     stop: CancellationToken,
     complaints: Arc<Complaints>,
@@ -92,6 +101,7 @@ async fn consume(
         let Some(message) = message else { break };
         handle(
             &hub,
+            decoder,
             message.subject.as_str(),
             &message.payload,
             &complaints,
@@ -100,8 +110,14 @@ async fn consume(
 }
 
 /// Decodes one message and hands what it means to the hub.
-pub fn handle(hub: &Arc<Hub>, subject: &str, payload: &[u8], complaints: &Complaints) {
-    if subject.starts_with("kaa.") {
+pub fn handle(
+    hub: &Arc<Hub>,
+    decoder: Decoder,
+    subject: &str,
+    payload: &[u8],
+    complaints: &Complaints,
+) {
+    if decoder == Decoder::Kaa {
         match kaa::decode(subject, payload, now_ms()) {
             Ok(events) => {
                 metrics::counter!(m::EVENTS_RECEIVED, "source" => kaa::SOURCE)
