@@ -6,6 +6,7 @@
 //! Everything runs on loopback, bounded by `--events` and `--seconds`. `--live` runs the live
 //! fan-out scenarios against Nchan instead (`live`).
 
+pub mod kaa;
 pub mod live;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +52,10 @@ pub struct BenchArgs {
     /// `--connections` connections.
     #[arg(long)]
     pub live: bool,
+    /// Measure Kaa events decoded and routed from NATS against a raw NATS subscriber instead
+    /// (`--events` messages; starts nats-server like `--sinks`).
+    #[arg(long)]
+    pub kaa: bool,
 }
 
 fn micros_now() -> u64 {
@@ -207,6 +212,9 @@ fn wrp_event(device: usize, sent_micros: u64) -> Vec<u8> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.live {
         return live::run(args.seconds, args.connections).await;
+    }
+    if args.kaa {
+        return kaa::run(args.events).await;
     }
     if args.devices == 0 || args.norns_per_device == 0 || args.events == 0 || args.connections == 0
     {
@@ -414,71 +422,79 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// nats-server and moto_server, killed when dropped.
+/// A test server process (nats-server, moto_server) on a free port, killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts `program` (from ./.venv/bin, where `./scripts/test` installs it, or PATH) with
+    /// `<host_flag> 127.0.0.1 -p <port>` and waits until it listens.
+    pub async fn start(program: &str, host_flag: &str) -> anyhow::Result<ServerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let local = std::path::Path::new(".venv/bin").join(program);
+        let path = if local.is_file() {
+            local
+        } else {
+            program.into()
+        };
+        let child = std::process::Command::new(&path)
+            .args([host_flag, "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {program}: run ./scripts/test once to install it into .venv")
+            })?;
+        let server = ServerProcess { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("{program} did not start on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nats-server and moto_server.
 struct SinkServers {
-    nats: (std::process::Child, u16),
-    moto: (std::process::Child, u16),
+    nats: ServerProcess,
+    moto: ServerProcess,
 }
 
 impl SinkServers {
     async fn start() -> anyhow::Result<SinkServers> {
-        let start =
-            |program: &str, host_flag: &str| -> anyhow::Result<(std::process::Child, u16)> {
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port();
-                let local = std::path::Path::new(".venv/bin").join(program);
-                let path = if local.is_file() {
-                    local
-                } else {
-                    program.into()
-                };
-                let child = std::process::Command::new(&path)
-                .args([host_flag, "127.0.0.1", "-p", &port.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "cannot start {program}: run ./scripts/test once to install it into .venv"
-                    )
-                })?;
-                Ok((child, port))
-            };
-        let servers = SinkServers {
-            nats: start("nats-server", "-a")?,
-            moto: start("moto_server", "-H")?,
-        };
-        for port in [servers.nats.1, servers.moto.1] {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                if Instant::now() > deadline {
-                    bail!("a test server did not start on port {port}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(servers)
+        Ok(SinkServers {
+            nats: ServerProcess::start("nats-server", "-a").await?,
+            moto: ServerProcess::start("moto_server", "-H").await?,
+        })
     }
 
     fn nats_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.nats.1)
+        self.nats.url("nats")
     }
 
     fn moto_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.moto.1)
-    }
-}
-
-impl Drop for SinkServers {
-    fn drop(&mut self) {
-        for child in [&mut self.nats.0, &mut self.moto.0] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.moto.url("http")
     }
 }
 

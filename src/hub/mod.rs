@@ -127,6 +127,8 @@ pub struct Hub {
     config: Arc<Config>,
     /// Serialises norn writes, so the one-norn-per-(key, destination) rule holds.
     writes: tokio::sync::Mutex<()>,
+    /// `brunnr_events_unrouted_total`, looked up once (it is counted on the ingest path).
+    unrouted: metrics::Counter,
 }
 
 impl Hub {
@@ -145,6 +147,7 @@ impl Hub {
             store,
             config,
             writes: tokio::sync::Mutex::new(()),
+            unrouted: metrics::counter!(m::EVENTS_UNROUTED),
         })
     }
 
@@ -161,7 +164,7 @@ impl Hub {
         let norns = self.route(&event);
         let sessions = self.live.publish(&event.key, std::slice::from_ref(&event));
         if norns == 0 && sessions == 0 {
-            metrics::counter!(m::EVENTS_UNROUTED).increment(1);
+            self.unrouted.increment(1);
         }
     }
 
@@ -183,7 +186,7 @@ impl Hub {
         }
         for (batch, without_norns) in groups {
             if self.live.publish(&batch[0].key, &batch) == 0 {
-                metrics::counter!(m::EVENTS_UNROUTED).increment(without_norns as u64);
+                self.unrouted.increment(without_norns as u64);
             }
         }
     }

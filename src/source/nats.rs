@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{kaa, monit};
 use crate::config::NatsSourceConfig;
 use crate::event::now_ms;
+
 use crate::hub::Hub;
 use crate::metrics as m;
 
@@ -86,69 +87,123 @@ pub enum Decoder {
     Monit,
 }
 
+/// Messages decoded together, and chunks being decoded at once: decoding runs on every runtime
+/// thread while `buffered` hands results back in arrival order (one endpoint's events stay in
+/// order).
+const DECODE_CHUNK: usize = 256;
+const DECODERS: usize = 4;
+
 async fn consume(
-    mut subscription: async_nats::Subscriber,
+    subscription: async_nats::Subscriber,
     decoder: Decoder,
     hub: Arc<Hub>,
     stop: CancellationToken,
     complaints: Arc<Complaints>,
 ) {
+    let mut decoded = subscription
+        .ready_chunks(DECODE_CHUNK)
+        .map(|messages| {
+            tokio::spawn(async move {
+                let now = now_ms();
+                messages
+                    .iter()
+                    .map(|message| decode(decoder, message.subject.as_str(), &message.payload, now))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .buffered(DECODERS);
+    let counters = Counters::new();
     loop {
-        let message = tokio::select! {
-            message = subscription.next() => message,
+        let chunk = tokio::select! {
+            chunk = decoded.next() => chunk,
             _ = stop.cancelled() => break,
         };
-        let Some(message) = message else { break };
-        handle(
-            &hub,
-            decoder,
-            message.subject.as_str(),
-            &message.payload,
-            &complaints,
-        );
+        match chunk {
+            Some(Ok(outcomes)) => {
+                for outcome in outcomes {
+                    apply(&hub, outcome, &complaints, &counters);
+                }
+            }
+            Some(Err(error)) => tracing::error!(%error, "Decoding NATS messages failed."),
+            None => break,
+        }
     }
 }
 
-/// Decodes one message and hands what it means to the hub.
-pub fn handle(
-    hub: &Arc<Hub>,
+/// What one message meant.
+pub enum Decoded {
+    Kaa(Vec<crate::event::Event>),
+    Monit(monit::MonitMessage),
+}
+
+/// Why one message was refused: source, reason, subject, error.
+pub type Refusal = (&'static str, &'static str, String, String);
+
+/// Decodes one message received on `subject` (no I/O, no hub: runs in parallel).
+pub fn decode(
     decoder: Decoder,
     subject: &str,
     payload: &[u8],
-    complaints: &Complaints,
-) {
-    if decoder == Decoder::Kaa {
-        match kaa::decode(subject, payload, now_ms()) {
-            Ok(events) => {
-                metrics::counter!(m::EVENTS_RECEIVED, "source" => kaa::SOURCE)
-                    .increment(events.len() as u64);
-                for event in events {
-                    hub.publish(event);
-                }
-            }
-            Err(error) => complaints.reject(kaa::SOURCE, error.reason(), subject, &error),
-        }
-        return;
+    now_ms: i64,
+) -> Result<Decoded, Refusal> {
+    match decoder {
+        Decoder::Kaa => kaa::decode(subject, payload, now_ms)
+            .map(Decoded::Kaa)
+            .map_err(|e| (kaa::SOURCE, e.reason(), subject.to_owned(), e.to_string())),
+        Decoder::Monit => monit::decode(subject, payload, now_ms)
+            .map(Decoded::Monit)
+            .map_err(|e| (monit::SOURCE, e.reason(), subject.to_owned(), e.to_string())),
     }
-    match monit::decode(subject, payload, now_ms()) {
-        Ok(monit::MonitMessage::Events(events)) => {
-            metrics::counter!(m::EVENTS_RECEIVED, "source" => monit::SOURCE)
-                .increment(events.len() as u64);
+}
+
+/// Received-event counters, looked up once per subscription rather than per message.
+struct Counters {
+    kaa: metrics::Counter,
+    monit: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            kaa: metrics::counter!(m::EVENTS_RECEIVED, "source" => kaa::SOURCE),
+            monit: metrics::counter!(m::EVENTS_RECEIVED, "source" => monit::SOURCE),
+        }
+    }
+}
+
+/// Hands what a message meant to the hub, in arrival order.
+fn apply(
+    hub: &Arc<Hub>,
+    outcome: Result<Decoded, Refusal>,
+    complaints: &Complaints,
+    counters: &Counters,
+) {
+    match outcome {
+        Ok(Decoded::Kaa(events)) => {
+            counters.kaa.increment(events.len() as u64);
             for event in events {
                 hub.publish(event);
             }
         }
-        Ok(monit::MonitMessage::Opened(inbox)) => {
+        Ok(Decoded::Monit(monit::MonitMessage::Events(events))) => {
+            counters.monit.increment(events.len() as u64);
+            for event in events {
+                hub.publish(event);
+            }
+        }
+        Ok(Decoded::Monit(monit::MonitMessage::Opened(inbox))) => {
             tracing::debug!(%inbox, "A monit inbox opened.");
         }
-        Ok(monit::MonitMessage::Closed(inbox, outcome)) => {
+        Ok(Decoded::Monit(monit::MonitMessage::Closed(inbox, outcome))) => {
             let hub = hub.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(INBOX_CLOSE_DELAY).await;
                 hub.close_inbox(&inbox, outcome);
             });
         }
-        Err(error) => complaints.reject(monit::SOURCE, error.reason(), subject, &error),
+        Err((source, reason, subject, error)) => {
+            complaints.reject(source, reason, &subject, &error)
+        }
     }
 }
 
