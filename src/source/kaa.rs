@@ -339,6 +339,63 @@ mod tests {
     }
 
     #[test]
+    fn the_other_endpoint_records_decode_by_subject() {
+        let common = |endpoint: &str| {
+            vec![
+                ("correlationId", s("c")),
+                ("timestamp", Value::Long(NOW)),
+                ("timeout", Value::Long(0)),
+                ("appVersionName", s("v2")),
+                ("endpointId", s(endpoint)),
+                ("originatorReplicaId", s("r")),
+            ]
+        };
+        let mut app_version = common("ep-3");
+        app_version.insert(4, ("previousAppVersionName", s("v1")));
+        let cases = [
+            (
+                Record::Unregistered,
+                "endpoint.lifecycle.unregistered",
+                common("ep-2"),
+            ),
+            (
+                Record::AppVersionUpdated,
+                "endpoint.lifecycle.appversion-updated",
+                app_version,
+            ),
+        ];
+        for (record_type, kind, fields) in cases {
+            let (schema, _) = record_type.schema();
+            let bytes = to_avro_datum(schema, record(fields)).unwrap();
+            let events = decode(&format!("kaa.v1.events.epr.{kind}"), &bytes, NOW).unwrap();
+            assert_eq!(events.len(), 1, "{kind}");
+            assert_eq!(events[0].kind, kind);
+            assert_eq!(payload(&events[0])["appVersionName"], "v2");
+        }
+        let (schema, _) = Record::Disconnected.schema();
+        let value = record(vec![
+            ("correlationId", s("c")),
+            ("timestamp", Value::Long(NOW)),
+            ("timeout", Value::Long(0)),
+            ("endpoints", map(vec![("ep-9", s("v1"))])),
+            ("originatorReplicaId", s("r")),
+        ]);
+        let bytes = to_avro_datum(schema, value).unwrap();
+        let events = decode(
+            "kaa.v1.events.cm.endpoint.connectivity.disconnected",
+            &bytes,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            (events[0].key.as_str(), events[0].kind.as_str()),
+            ("ep-9", "endpoint.connectivity.disconnected")
+        );
+        // A record on another record's subject does not decode.
+        assert!(decode("kaa.v1.events.cm.endpoint.metadata.updated", &bytes, NOW).is_err());
+    }
+
+    #[test]
     fn metadata_unions_unwrap_and_aip_bytes_are_base64() {
         let (schema, _) = Record::MetadataUpdated.schema();
         let value = record(vec![
