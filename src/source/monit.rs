@@ -68,12 +68,18 @@ struct ServiceMessage {
     id: String,
 }
 
-/// The subjects the monit source subscribes to.
-pub const SUBJECTS: [&str; 4] = [
+/// The subjects the monit source subscribes to: exactly these, so that the FSM's other
+/// `service.…` subjects are not taken (and refused) at all.
+pub const SUBJECTS: [&str; 9] = [
     "monitor.user",
     "service.create",
     "service.delete",
-    "service.*.*",
+    "service.create.done",
+    "service.create.error",
+    "service.delete.done",
+    "service.delete.error",
+    "service.import.done",
+    "service.import.error",
 ];
 
 /// Decodes one message received on `subject`.
