@@ -422,6 +422,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (at most 30 s) until something listens on `port`.
+pub async fn wait_listening(name: &str, port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("{name} did not start on port {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// A test server process (nats-server, moto_server) on a free port, killed when dropped.
 pub struct ServerProcess {
     child: std::process::Child,
@@ -450,16 +465,7 @@ impl ServerProcess {
                 format!("cannot start {program}: run ./scripts/test once to install it into .venv")
             })?;
         let server = ServerProcess { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("{program} did not start on port {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(program, port).await?;
         Ok(server)
     }
 

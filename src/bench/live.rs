@@ -34,7 +34,7 @@ enum Transport {
 }
 
 /// A server under test, in its own process (so its CPU and memory can be read apart).
-struct ServerProcess {
+struct ServerUnderTest {
     kind: ServerKind,
     child: Child,
     port: u16,
@@ -50,8 +50,8 @@ fn free_port() -> anyhow::Result<u16> {
 /// The Nchan config: `bench/nchan.conf` with its placeholders filled.
 const NCHAN_CONF: &str = include_str!("../../bench/nchan.conf");
 
-impl ServerProcess {
-    async fn start(kind: ServerKind) -> anyhow::Result<ServerProcess> {
+impl ServerUnderTest {
+    async fn start(kind: ServerKind) -> anyhow::Result<ServerUnderTest> {
         let port = free_port()?;
         let dir =
             std::env::temp_dir().join(format!("brunnr-live-bench-{}-{port}", std::process::id()));
@@ -83,22 +83,13 @@ impl ServerProcess {
                     .context("cannot start nginx")?
             }
         };
-        let server = ServerProcess {
+        let server = ServerUnderTest {
             kind,
             child,
             port,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("{kind:?} did not start on port {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::wait_listening(&format!("{kind:?}"), port).await?;
         Ok(server)
     }
 
@@ -177,7 +168,7 @@ impl ServerProcess {
     }
 }
 
-impl Drop for ServerProcess {
+impl Drop for ServerUnderTest {
     fn drop(&mut self) {
         if self.kind == ServerKind::Nchan {
             // nginx's master stops its workers on TERM (kill would leave them).
@@ -316,7 +307,7 @@ async fn scenario(
     publishers: usize,
     rate: Option<f64>,
 ) -> anyhow::Result<Row> {
-    let server = ServerProcess::start(kind).await?;
+    let server = ServerUnderTest::start(kind).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_bytes();
 
