@@ -141,6 +141,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /readyz`'s body.
+    pub async fn readyz(&self) -> serde_json::Value {
+        self.client
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.url))
@@ -297,4 +309,96 @@ async fn receive(
             (StatusCode::FOUND, [("location", location)]).into_response()
         }
     }
+}
+
+/// How long a live stream may stay silent before a test fails.
+pub const STREAM_WAIT: Duration = Duration::from_secs(10);
+
+/// An SSE response read as it streams.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    pub async fn open(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = app.client.get(format!("{}{path}", app.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub fn new(response: reqwest::Response) -> SseReader {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["cache-control"], "no-cache");
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next frame, blank line included; `None` when the response ends.
+    pub async fn frame(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame = self.buffer[..end + 2].to_owned();
+                self.buffer.drain(..end + 2);
+                return Some(frame);
+            }
+            let chunk = tokio::time::timeout(STREAM_WAIT, self.response.chunk())
+                .await
+                .expect("a chunk within the wait")
+                .expect("the response reads");
+            match chunk {
+                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
+                None => {
+                    assert!(
+                        self.buffer.is_empty(),
+                        "a partial frame at the end: {:?}",
+                        self.buffer
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The next frame that is not a `: ping` comment.
+    pub async fn event(&mut self) -> Option<String> {
+        loop {
+            match self.frame().await {
+                Some(frame) if frame == ": ping\n\n" => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next event's `data:` as JSON (a `/v1/stream` envelope).
+    pub async fn envelope(&mut self) -> serde_json::Value {
+        let frame = self.event().await.expect("the stream is open");
+        let data = frame
+            .lines()
+            .find_map(|line| line.strip_prefix("data: "))
+            .expect("a data line");
+        serde_json::from_str(data).unwrap()
+    }
+}
+
+/// Waits until `key` has `n` live sessions (a session registers after its announcement).
+pub async fn wait_for_sessions(app: &TestApp, key: &str, n: usize) {
+    for _ in 0..200 {
+        let clients = app.hub.live().clients();
+        if clients.iter().any(|(k, count)| k == key && *count == n)
+            || (n == 0 && !clients.iter().any(|(k, _)| k == key))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{key} never had {n} sessions: {:?}",
+        app.hub.live().clients()
+    );
 }

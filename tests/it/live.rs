@@ -104,23 +104,6 @@ async fn push(app: &TestApp, events: Value) {
     assert_eq!(response.json::<Value>().await.unwrap(), json!(true));
 }
 
-/// Waits until `key` has `n` live sessions (a session registers after its announcement).
-async fn wait_for_sessions(app: &TestApp, key: &str, n: usize) {
-    for _ in 0..200 {
-        let clients = app.hub.live().clients();
-        if clients.iter().any(|(k, count)| k == key && *count == n)
-            || (n == 0 && !clients.iter().any(|(k, _)| k == key))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "{key} never had {n} sessions: {:?}",
-        app.hub.live().clients()
-    );
-}
-
 fn live_config(extra: &str) -> brunnr::config::Config {
     let mut config = test_config();
     let overrides: Value = serde_json::from_str(extra).unwrap();
@@ -466,68 +449,6 @@ async fn a_slow_consumer_is_closed_with_1013_while_others_keep_receiving() {
         (CloseCode::Again, "slow consumer")
     );
     app.stop().await;
-}
-
-/// An SSE response read as it streams.
-struct SseReader {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl SseReader {
-    async fn open(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut request = app.client.get(format!("{}{path}", app.url));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request.send().await.unwrap()
-    }
-
-    fn new(response: reqwest::Response) -> SseReader {
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        assert_eq!(response.headers()["cache-control"], "no-cache");
-        SseReader {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next frame, blank line included; `None` when the response ends.
-    async fn frame(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let frame = self.buffer[..end + 2].to_owned();
-                self.buffer.drain(..end + 2);
-                return Some(frame);
-            }
-            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
-                .await
-                .expect("a chunk within the wait")
-                .expect("the response reads");
-            match chunk {
-                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
-                None => {
-                    assert!(
-                        self.buffer.is_empty(),
-                        "a partial frame at the end: {:?}",
-                        self.buffer
-                    );
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// The next frame that is not a `: ping` comment.
-    async fn event(&mut self) -> Option<String> {
-        loop {
-            match self.frame().await {
-                Some(frame) if frame == ": ping\n\n" => continue,
-                other => return other,
-            }
-        }
-    }
 }
 
 fn monit_event(inbox: &str, body: &str) -> Event {

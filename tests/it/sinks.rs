@@ -305,15 +305,7 @@ async fn publish_until_received(app: &TestApp, messages: &mut async_nats::Subscr
 async fn wait_nats_connected(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body: serde_json::Value = app
-            .client
-            .get(format!("{}/readyz", app.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = app.readyz().await;
         if body["nats_sink"] == "connected" {
             return;
         }
@@ -424,15 +416,6 @@ async fn nats_sink_reconnects_after_a_restart() {
     nats.restart();
     // Both clients reconnect by themselves; events published after that arrive.
     publish_until_received(&app, &mut messages, "after").await;
-    let body: serde_json::Value = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["nats_sink"], "connected");
+    assert_eq!(app.readyz().await["nats_sink"], "connected");
     app.stop().await;
 }

@@ -35,72 +35,21 @@ fn registered(endpoint: &str, timestamp: i64, timeout: i64) -> Vec<u8> {
 
 const REGISTERED: &str = "kaa.v1.events.epr.endpoint.lifecycle.registered";
 
-/// An SSE stream of `key` on `/v1/stream`, read as lines of envelopes.
-struct Stream {
-    response: reqwest::Response,
-    frames: brunnr::client::SseFrames,
-}
-
-impl Stream {
-    async fn open(app: &TestApp, path: &str) -> Stream {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.url))
-            .bearer_auth(ALICE)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        Stream {
-            response,
-            frames: Default::default(),
-        }
-    }
-
-    /// The next frame that is not a ping; `None` when the response ends.
-    async fn next(&mut self, wait: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            while let Some(frame) = self.frames.next_frame() {
-                if frame != ": ping" {
-                    return Some(frame);
-                }
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .expect("a frame within the wait")
-                .unwrap()?;
-            self.frames.push(&chunk);
-        }
-    }
-
-    async fn envelope(&mut self) -> Json {
-        let frame = self.next(Duration::from_secs(10)).await.expect("open");
-        let data = frame
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
-            .unwrap();
-        serde_json::from_str(data).unwrap()
-    }
-}
-
-async fn wait_sessions(app: &TestApp, key: &str) {
-    for _ in 0..200 {
-        if app.hub.live().clients().iter().any(|(k, _)| k == key) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no session on {key}");
+/// Headers of a subscriber asking for SSE.
+fn subscriber() -> [(&'static str, &'static str); 2] {
+    [
+        ("authorization", "Bearer alice-token-0001"),
+        ("accept", "text/event-stream"),
+    ]
 }
 
 #[tokio::test]
 async fn kaa_records_reach_the_endpoints_stream_and_garbage_is_counted() {
     let nats = servers::nats();
     let app = spawn_app(with_nats(&nats.url("nats"))).await;
-    let mut stream = Stream::open(&app, "/v1/stream?key=ep-1").await;
-    wait_sessions(&app, "ep-1").await;
+    let mut stream =
+        SseReader::new(SseReader::open(&app, "/v1/stream?key=ep-1", &subscriber()).await);
+    wait_for_sessions(&app, "ep-1", 1).await;
     let producer = async_nats::connect(nats.url("nats")).await.unwrap();
 
     let now = brunnr::event::now_ms();
@@ -135,16 +84,7 @@ async fn kaa_records_reach_the_endpoints_stream_and_garbage_is_counted() {
     };
     assert!(rejected("undecodable") >= 1.0);
     assert!(rejected("expired") >= 1.0);
-    let ready: Json = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["nats_source"], "connected");
+    assert_eq!(app.readyz().await["nats_source"], "connected");
     app.stop().await;
 }
 
@@ -152,18 +92,10 @@ async fn kaa_records_reach_the_endpoints_stream_and_garbage_is_counted() {
 async fn monit_messages_fill_an_inbox_and_its_close_ends_the_sse_response() {
     let nats = servers::nats();
     let app = spawn_app(with_nats(&nats.url("nats"))).await;
-    let response = app
-        .client
-        .get(format!("{}/events?stream=abc123", app.url))
-        .header("x-auth-token", ALICE)
-        .send()
-        .await
-        .unwrap();
-    let mut stream = Stream {
-        response,
-        frames: Default::default(),
-    };
-    wait_sessions(&app, "abc123").await;
+    let mut stream = SseReader::new(
+        SseReader::open(&app, "/events?stream=abc123", &[("x-auth-token", ALICE)]).await,
+    );
+    wait_for_sessions(&app, "abc123", 1).await;
     let producer = async_nats::connect(nats.url("nats")).await.unwrap();
     producer
         .publish("service.create", br#"{"id": "abc123"}"#.to_vec().into())
@@ -184,25 +116,21 @@ async fn monit_messages_fill_an_inbox_and_its_close_ends_the_sse_response() {
         .unwrap();
     producer.flush().await.unwrap();
 
-    let frame = stream.next(Duration::from_secs(10)).await.unwrap();
+    let frame = stream.event().await.unwrap();
     assert!(
         frame.ends_with(
-            "\nevent: monitor.user\ndata: {\"body\":\"creating network\",\"level\":\"INFO\"}"
+            "\nevent: monitor.user\ndata: {\"body\":\"creating network\",\"level\":\"INFO\"}\n\n"
         ),
         "{frame:?}"
     );
     let started = std::time::Instant::now();
-    let done = stream.next(Duration::from_secs(10)).await.unwrap();
+    let done = stream.event().await.unwrap();
     assert!(done.contains("\nevent: done\n"), "{done:?}");
     assert!(
         started.elapsed() >= Duration::from_millis(800),
         "closed after monit's delay"
     );
-    assert_eq!(
-        stream.next(Duration::from_secs(10)).await,
-        None,
-        "the response ends"
-    );
+    assert_eq!(stream.event().await, None, "the response ends");
     app.stop().await;
 }
 
@@ -211,10 +139,12 @@ async fn two_instances_in_one_queue_group_share_the_messages() {
     let nats = servers::nats();
     let a = spawn_app(with_nats(&nats.url("nats"))).await;
     let b = spawn_app(with_nats(&nats.url("nats"))).await;
-    let mut stream_a = Stream::open(&a, "/v1/stream?key=ep-q").await;
-    let mut stream_b = Stream::open(&b, "/v1/stream?key=ep-q").await;
-    wait_sessions(&a, "ep-q").await;
-    wait_sessions(&b, "ep-q").await;
+    let mut stream_a =
+        SseReader::new(SseReader::open(&a, "/v1/stream?key=ep-q", &subscriber()).await);
+    let mut stream_b =
+        SseReader::new(SseReader::open(&b, "/v1/stream?key=ep-q", &subscriber()).await);
+    wait_for_sessions(&a, "ep-q", 1).await;
+    wait_for_sessions(&b, "ep-q", 1).await;
     let producer = async_nats::connect(nats.url("nats")).await.unwrap();
     let sent = 40;
     for _ in 0..sent {
@@ -230,11 +160,8 @@ async fn two_instances_in_one_queue_group_share_the_messages() {
     // Count what each got until both fall silent.
     let mut counts = [0, 0];
     for (i, stream) in [&mut stream_a, &mut stream_b].into_iter().enumerate() {
-        while let Ok(Some(_)) = tokio::time::timeout(
-            Duration::from_millis(1500),
-            stream.next(Duration::from_secs(60)),
-        )
-        .await
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(1500), stream.event()).await
         {
             counts[i] += 1;
         }
@@ -294,10 +221,7 @@ async fn nats_down_at_start_then_up_then_restarted() {
         .send()
         .await
         .unwrap();
-    let mut stream = Stream {
-        response,
-        frames: Default::default(),
-    };
+    let mut stream = SseReader::new(response);
     // Publish until one arrives: the client resubscribes shortly after it reconnects.
     let mut got = None;
     for _ in 0..100 {
@@ -309,11 +233,8 @@ async fn nats_down_at_start_then_up_then_restarted() {
             .await
             .unwrap();
         producer.flush().await.unwrap();
-        if let Ok(Some(frame)) = tokio::time::timeout(
-            Duration::from_millis(200),
-            stream.next(Duration::from_secs(60)),
-        )
-        .await
+        if let Ok(Some(frame)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.event()).await
         {
             got = Some(frame);
             break;
@@ -372,15 +293,6 @@ async fn caduceus_registration_is_posted_renewed_and_retried() {
         gap >= Duration::from_millis(250) && gap < Duration::from_secs(2),
         "{gap:?}"
     );
-    let ready: Json = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["caduceus"], "registered");
+    assert_eq!(app.readyz().await["caduceus"], "registered");
     app.stop().await;
 }
